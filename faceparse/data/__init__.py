@@ -1,0 +1,11 @@
+"""Datasets, transforms and the Lightning data module. Modules here register in ``DATASETS``."""
+
+from .._autoimport import import_submodules
+from .base import FaceDataset, collate, to_tensor_sample
+from .transforms import FaceFlip, build_transforms, flip_sample
+
+import_submodules(__name__, __path__)
+
+from .datamodule import FaceParsingDataModule  # noqa: E402
+
+__all__ = ["FaceDataset", "FaceFlip", "FaceParsingDataModule", "build_transforms", "collate", "flip_sample", "to_tensor_sample"]

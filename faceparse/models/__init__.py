@@ -1,0 +1,8 @@
+"""Model zoo. Every module here registers its architectures in ``faceparse.registry.MODELS``."""
+
+from .._autoimport import import_submodules
+from .base import FaceParsingModel, load_model
+
+import_submodules(__name__, __path__)
+
+__all__ = ["FaceParsingModel", "load_model"]

@@ -1,0 +1,196 @@
+"""The model contract shared by every zoo model, and save/load as config.json + model.safetensors."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import FaceParseError, MissingWeightsError
+from ..labels import LabelSet, get_label_set
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+# Constructor arguments naming local weight files: never saved, a loaded model gets weights from disk.
+TRANSIENT_ARGS = ("pretrained", "backbone_weights", "checkpoint")
+
+
+class FaceParsingModel(nn.Module):
+    """Base class of zoo models.
+
+    Subclasses implement ``forward(x) -> logits`` (``B x K x H x W`` at the input resolution, in train
+    and eval mode) and may override ``forward_train(x) -> dict`` to expose auxiliary outputs. The
+    constructor's arguments are recorded automatically, so ``save_pretrained`` needs nothing more.
+    """
+
+    input_mean: tuple[float, float, float] = IMAGENET_MEAN
+    input_std: tuple[float, float, float] = IMAGENET_STD
+    default_input_size: int = 512
+    label_set: LabelSet
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in cls.__dict__:
+            return
+        original = cls.__init__
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            # Record the outermost constructor's arguments (a subclass calling super().__init__
+            # must not overwrite what its own caller passed).
+            outer = "_fp_init_args" not in self.__dict__
+            if outer:
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                params = dict(list(bound.arguments.items())[1:])
+                for p in signature.parameters.values():
+                    if p.kind is inspect.Parameter.VAR_KEYWORD and p.name in params:
+                        params.update(params.pop(p.name))
+                    elif p.kind is inspect.Parameter.VAR_POSITIONAL and p.name in params:
+                        if params.pop(p.name):
+                            raise TypeError(f"{cls.__name__}: *args cannot be saved; use keyword arguments")
+                object.__setattr__(self, "_fp_init_args", (cls, params))
+            original(self, *args, **kw)
+
+        cls.__init__ = __init__  # type: ignore[method-assign]
+
+    # ------------------------------------------------------------------ contract
+    def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training-time outputs: ``{"logits": ...}`` plus named extras (auxiliary heads...)."""
+        return {"logits": self(x)}
+
+    @property
+    def num_classes(self) -> int:
+        return self.label_set.num_classes
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # ------------------------------------------------------------------ save / load
+    def get_config(self) -> dict[str, Any]:
+        """JSON-able description from which ``load_model`` rebuilds this model (weights excluded)."""
+        cls, params = self.__dict__.get("_fp_init_args", (type(self), {}))
+        kwargs = {k: (None if k in TRANSIENT_ARGS else _to_jsonable(v, k)) for k, v in params.items()}
+        return {
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "kwargs": kwargs,
+            "registry_name": getattr(self, "registry_name", None),
+            "label_set": self.label_set.to_dict(),
+            "input_mean": list(self.input_mean),
+            "input_std": list(self.input_std),
+            "input_size": int(self.default_input_size),
+            "faceparse_format": 1,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        config = self.get_config()
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp = directory / (WEIGHTS_NAME + ".tmp")
+        save_file(_dedupe_shared(state), str(tmp), metadata={"format": "pt"})
+        tmp.replace(directory / WEIGHTS_NAME)
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        return directory
+
+
+def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors sharing storage (tied weights): store clones.
+    seen: set[int] = set()
+    out = {}
+    for k, v in state.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
+        out[k] = v.clone() if ptr in seen and ptr != -1 else v
+        seen.add(ptr)
+    return out
+
+
+def _to_jsonable(value: Any, key: str) -> Any:
+    if isinstance(value, LabelSet):
+        return {"__labelset__": value.to_dict()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v, key) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v, key) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(
+        f"constructor argument '{key}' of type {type(value).__name__} cannot be saved in config.json; "
+        "pass JSON-able values (str, numbers, lists, dicts, LabelSet)"
+    )
+
+
+def _from_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__labelset__"}:
+            return LabelSet.from_dict(value["__labelset__"])
+        return {k: _from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_jsonable(v) for v in value]
+    return value
+
+
+def load_model(directory: str | Path, map_location: str | torch.device = "cpu", strict: bool = True) -> FaceParsingModel:
+    """Rebuild a model saved with ``save_pretrained`` (config.json + model.safetensors)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MissingWeightsError(f"model directory '{directory}' does not exist (expected a folder written by save_pretrained)")
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    if not config_path.is_file():
+        raise MissingWeightsError(f"'{directory}' has no {CONFIG_NAME}: not a faceparse model directory")
+    if not weights_path.is_file():
+        raise MissingWeightsError(
+            f"'{directory}' has {CONFIG_NAME} but no {WEIGHTS_NAME}: the weights are missing "
+            "(copy them there or save the model again with save_pretrained)"
+        )
+    try:
+        config = json.loads(config_path.read_text())
+        module_name, _, cls_name = config["class"].rpartition(".")
+        kwargs = _from_jsonable(config["kwargs"])
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise FaceParseError(f"'{config_path}' is not a valid faceparse config ({exc})") from exc
+    if not module_name.startswith("faceparse."):
+        raise FaceParseError(f"'{config_path}' names class '{config['class']}' outside faceparse; refusing to import it")
+    cls = getattr(importlib.import_module(module_name), cls_name.split(".")[-1], None)
+    if not (isinstance(cls, type) and issubclass(cls, FaceParsingModel)):
+        raise FaceParseError(f"'{config_path}' names '{config['class']}', which is not a faceparse model class")
+    model = cls(**kwargs)
+    if config.get("registry_name"):
+        model.registry_name = config["registry_name"]
+    try:
+        state = load_file(str(weights_path), device=str(map_location))
+    except Exception as exc:  # safetensors raises its own error types
+        raise FaceParseError(f"cannot read weights '{weights_path}': {exc}") from exc
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if strict and (missing or unexpected):
+        raise FaceParseError(
+            f"weights in '{weights_path}' do not match {config['class']}: "
+            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+    return model.eval()
+
+
+def resolve_label_set(label_set: str | LabelSet | dict | None, num_classes: int | None = None, default: str = "celebamask_hq") -> LabelSet:
+    """Label set from a name/LabelSet, checking an optional explicit class count."""
+    ls = get_label_set(label_set if label_set is not None else default)
+    if num_classes is not None and num_classes != ls.num_classes:
+        raise FaceParseError(f"num_classes={num_classes} does not match label set '{ls.name}' ({ls.num_classes} classes)")
+    return ls

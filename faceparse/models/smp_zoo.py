@@ -1,0 +1,89 @@
+"""segmentation-models-pytorch baselines (U-Net, FPN, DeepLabV3+, SegFormer) as zoo models.
+
+Any smp encoder name works, as does any timm encoder through smp's ``tu-`` prefix
+(``encoder="tu-convnext_tiny"``). Encoder weights are never downloaded: pass ``pretrained`` as the
+path of a local state-dict file for the encoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import FaceParseError, MissingWeightsError
+from ..labels import LabelSet
+from ..registry import MODELS
+from .base import FaceParsingModel, resolve_label_set
+
+_ARCHS = {"unet": "Unet", "fpn": "FPN", "deeplabv3plus": "DeepLabV3Plus", "segformer": "Segformer"}
+
+
+class SMPModel(FaceParsingModel):
+    """Wrapper giving an smp architecture the faceparse model contract.
+
+    Args:
+        arch: one of ``unet``, ``fpn``, ``deeplabv3plus``, ``segformer``.
+        encoder: smp encoder name or ``tu-<timm name>``.
+        label_set: label set (name or LabelSet); its size sets the number of output classes.
+        input_size: default square input size.
+        pretrained: optional local file with encoder weights (state dict).
+        arch_kwargs: extra keyword arguments for the smp constructor (e.g. ``decoder_channels``).
+    """
+
+    def __init__(
+        self,
+        arch: str = "unet",
+        encoder: str = "resnet34",
+        label_set: str | LabelSet = "celebamask_hq",
+        input_size: int = 512,
+        pretrained: str | None = None,
+        arch_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        if arch not in _ARCHS:
+            raise FaceParseError(f"unknown smp architecture '{arch}'; expected one of {sorted(_ARCHS)}")
+        self.label_set = resolve_label_set(label_set)
+        self.default_input_size = input_size
+        self.arch = arch
+        try:
+            self.net = getattr(smp, _ARCHS[arch])(
+                encoder_name=encoder, encoder_weights=None, classes=self.label_set.num_classes, **(arch_kwargs or {})
+            )
+        except KeyError as exc:
+            raise FaceParseError(f"unknown encoder '{encoder}' for smp {arch}: {exc}") from exc
+        if pretrained is not None:
+            path = Path(pretrained)
+            if not path.is_file():
+                raise MissingWeightsError(f"encoder weights file '{pretrained}' not found; pass a local state-dict file")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self.net.encoder.load_state_dict(state.get("state_dict", state), strict=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
+
+
+def _register(arch: str, default_encoder: str) -> None:
+    def factory(**kwargs) -> SMPModel:
+        kwargs.setdefault("encoder", default_encoder)
+        return SMPModel(arch=arch, **kwargs)
+
+    factory.__name__ = arch
+    factory.__doc__ = f"smp {_ARCHS[arch]} baseline (encoder default '{default_encoder}')."
+    MODELS.register(
+        arch,
+        paper="segmentation-models-pytorch baseline",
+        input_size=512,
+        label_set="celebamask_hq",
+        tiny={"encoder": "resnet18", "input_size": 64},
+    )(factory)
+
+
+for _arch, _enc in (("unet", "resnet34"), ("fpn", "resnet34"), ("deeplabv3plus", "resnet34"), ("segformer", "mit_b0")):
+    _register(_arch, _enc)
