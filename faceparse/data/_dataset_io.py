@@ -1,0 +1,94 @@
+"""File reading helpers shared by the dataset adapters: every failure names the file and what was expected."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from faceparse.errors import FaceParseError
+
+IGNORE_INDEX = 255
+
+
+def require_dir(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise FaceParseError(f"{what}: expected a folder at '{p}', but it does not exist")
+    return p
+
+
+def require_file(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise FaceParseError(f"{what}: expected the file '{p}', but it does not exist")
+    return p
+
+
+def _open(path: Path, expected: str) -> Image.Image:
+    if not path.is_file():
+        raise FaceParseError(f"missing file '{path}' (expected {expected})")
+    try:
+        img = Image.open(path)
+        img.load()  # decodes fully: a truncated file raises here instead of giving a grey bottom half
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise FaceParseError(f"cannot read '{path}' (expected {expected}): {exc}") from None
+    return img
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """H x W x 3 uint8 RGB; grayscale and palette images are converted."""
+    img = _open(Path(path), "a complete RGB or grayscale image")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def read_gray(path: str | os.PathLike, expected: str = "a single-channel label image") -> np.ndarray:
+    """H x W array of a label PNG: 'L'/'P'/'I' modes keep their values, RGB keeps the first channel
+    only when the three channels are equal (a grey image saved as RGB)."""
+    p = Path(path)
+    img = _open(p, expected)
+    if img.mode in ("L", "P", "I", "I;16", "1"):
+        arr = np.asarray(img)
+        return arr.astype(np.uint8) if img.mode == "1" else arr
+    if img.mode in ("RGB", "RGBA", "LA"):
+        arr = np.asarray(img)
+        if img.mode == "LA":
+            return arr[..., 0]
+        if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+            raise FaceParseError(f"'{p}': expected {expected}, found a colour ({img.mode}) image")
+        return arr[..., 0]
+    raise FaceParseError(f"'{p}': expected {expected}, found PIL mode {img.mode}")
+
+
+def read_rgb_labels(path: str | os.PathLike) -> np.ndarray:
+    """H x W x 3 uint8 of a colour-coded label image (e.g. Part Labels .ppm)."""
+    img = _open(Path(path), "a colour-coded label image")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def check_same_size(arr: np.ndarray, size: tuple[int, int], path: str | os.PathLike, what: str) -> None:
+    if tuple(arr.shape[:2]) != tuple(size):
+        raise FaceParseError(
+            f"'{path}': {what} has size {arr.shape[1]}x{arr.shape[0]} (w x h), "
+            f"expected {size[1]}x{size[0]} to match its image"
+        )
+
+
+def check_label_values(mask: np.ndarray, num_classes: int, path: str | os.PathLike) -> None:
+    bad = np.unique(mask[(mask >= num_classes) & (mask != IGNORE_INDEX)])
+    if bad.size:
+        raise FaceParseError(
+            f"'{path}': unknown label values {bad[:10].tolist()} "
+            f"(expected 0..{num_classes - 1}, or {IGNORE_INDEX} for ignore)"
+        )
+
+
+def read_split_names(path: str | os.PathLike, what: str) -> list[str]:
+    p = require_file(path, what)
+    return [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
