@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 from faceparse.errors import FaceParseError
 
@@ -30,11 +30,16 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
 def _open(path: Path, expected: str) -> Image.Image:
     if not path.is_file():
         raise FaceParseError(f"missing file '{path}' (expected {expected})")
+    # Some libraries switch PIL's LOAD_TRUNCATED_IMAGES on globally; a truncated file must still fail.
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         img = Image.open(path)
         img.load()  # decodes fully: a truncated file raises here instead of giving a grey bottom half
     except (OSError, SyntaxError, ValueError) as exc:
         raise FaceParseError(f"cannot read '{path}' (expected {expected}): {exc}") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
     return img
 
 

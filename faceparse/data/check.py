@@ -1,0 +1,138 @@
+"""``faceparse datasets check ROOT --dataset NAME``: validate a dataset folder.
+
+Every split is indexed in non-strict mode and every face is read once, so that all problems
+(missing files, label maps of the wrong size, unknown label values or colours, unreadable or truncated
+images) are listed together instead of stopping at the first. Prints the number of faces per split
+and the class frequencies (share of labelled pixels), then the problems; exits with status 2 when
+there are any.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from faceparse.errors import FaceParseError
+from faceparse.registry import COMMANDS, DATASETS
+
+IGNORE_INDEX = 255
+
+SPLITS: dict[str, tuple[str, ...]] = {
+    "celebamask_hq": ("train", "val", "test"),
+    "lapa": ("train", "val", "test"),
+    "helen": ("train", "val", "test"),
+    "cofw": ("train", "test"),
+    "part_labels": ("train", "val", "test"),
+}
+# Options that make the check read the sources themselves rather than derived files.
+_CHECK_OPTIONS: dict[str, dict[str, Any]] = {"celebamask_hq": {"cache": False}}
+
+
+@dataclass
+class SplitReport:
+    split: str
+    count: int = 0
+    pixels: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+    problems: list[str] = field(default_factory=list)
+    label_set: Any = None
+
+
+def _splits_for(dataset: str, root: str) -> tuple[str, ...]:
+    if dataset == "helen":
+        from .helen import detect_layout
+
+        try:
+            layout, _ = detect_layout(Path(root))
+        except FaceParseError:
+            return ("train",)
+        return ("train", "val", "test") if layout == "smith" else ("train", "test")
+    return SPLITS.get(dataset, ("train", "val", "test"))
+
+
+def check_dataset(
+    root: str,
+    dataset: str,
+    splits: tuple[str, ...] | list[str] | None = None,
+    limit: int = 0,
+    progress: bool = False,
+    **kwargs: Any,
+) -> list[SplitReport]:
+    """Index and read every face of each split; return one report per split (never raises on data
+    problems, only on an unknown dataset name)."""
+    from tqdm.auto import tqdm
+
+    cls = DATASETS.get(dataset)
+    if not Path(root).is_dir():
+        return [SplitReport("-", problems=[f"dataset root '{root}' does not exist (expected a folder)"])]
+    reports = []
+    for split in splits or _splits_for(dataset, root):
+        rep = SplitReport(split)
+        reports.append(rep)
+        opts = {**_CHECK_OPTIONS.get(dataset, {}), **kwargs}
+        try:
+            ds = cls(root=root, split=split, image_size=None, strict=False, **opts)
+        except FaceParseError as exc:
+            rep.problems.append(str(exc))
+            continue
+        rep.problems.extend(getattr(ds, "problems", []))
+        rep.label_set = ds.label_set
+        k = ds.label_set.num_classes
+        n = len(ds) if not limit else min(limit, len(ds))
+        for i in tqdm(range(n), desc=f"{dataset} {split}", disable=not progress):
+            try:
+                raw = ds.load_raw(i)
+            except FaceParseError as exc:
+                rep.problems.append(str(exc))
+                continue
+            mask = np.asarray(raw["mask"]).astype(np.int64).ravel()
+            counts = np.bincount(mask.clip(0, 255), minlength=256)
+            unknown = np.nonzero(counts[k:IGNORE_INDEX])[0] + k
+            if unknown.size:
+                name = raw.get("meta", {}).get("label_file") or raw.get("meta", {}).get("name", i)
+                rep.problems.append(f"'{name}': unknown label values {unknown.tolist()} (expected 0..{k - 1} or 255)")
+            rep.pixels += counts
+            rep.count += 1
+    return reports
+
+
+def format_report(reports: list[SplitReport]) -> str:
+    ls = next((r.label_set for r in reports if r.label_set is not None), None)
+    lines = ["faces per split: " + ", ".join(f"{r.split} {r.count}" for r in reports)]
+    total = sum((r.pixels for r in reports), np.zeros(256, np.int64))
+    labelled = total[:IGNORE_INDEX].sum()
+    if labelled:
+        lines.append("class frequencies (share of labelled pixels, all splits):")
+        k = ls.num_classes if ls is not None else int(np.nonzero(total[:IGNORE_INDEX])[0].max()) + 1
+        for c in range(k):
+            name = ls.classes[c] if ls is not None else str(c)
+            lines.append(f"  {c:3d} {name:<12s} {100.0 * total[c] / labelled:7.3f} %")
+        if total[IGNORE_INDEX]:
+            lines.append(f"  ignore (255)     {total[IGNORE_INDEX]} pixels")
+    problems = [p for r in reports for p in r.problems]
+    lines.append(f"{len(problems)} problem(s)" + (":" if problems else ""))
+    lines.extend(f"  - {p}" for p in problems)
+    return "\n".join(lines)
+
+
+@COMMANDS.register("datasets check")
+def datasets_check(root: str, dataset: str = "celebamask_hq", limit: int = 0, option: list[str] | None = None) -> None:
+    """Validate a dataset folder: faces per split, class frequencies, and every problem found.
+
+    ``--option key=value`` passes adapter arguments (e.g. ``--option mask_pattern={index1}.png``).
+    """
+    kwargs: dict[str, Any] = {}
+    for item in option or []:
+        if "=" not in item:
+            raise FaceParseError(f"--option expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        import yaml
+
+        kwargs[key] = yaml.safe_load(value)
+    reports = check_dataset(root, dataset, limit=limit, progress=True, **kwargs)
+    print(format_report(reports))
+    n = sum(len(r.problems) for r in reports)
+    if n:
+        raise FaceParseError(f"{n} problem(s) found in {dataset} dataset at '{root}' (listed above)")
