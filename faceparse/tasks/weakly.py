@@ -1,0 +1,173 @@
+"""Weakly supervised face parsing, stage 1: the DisFaceRep / MCTformer classification stage.
+
+The model (an MCT-ViT) learns from image-level labels only: which of the K foreground components
+are present. Losses: multi-label soft margin on the class-token scores and on the pooled patch
+scores (MCTformer+), plus the TCD objective (DisFaceRep Eq. 16, :class:`faceparse.losses.tcd.TCDLoss`)
+when ``tcd`` is given. Validation reports the mean F1 of single-scale FCAM pseudo masks against the
+dataset's masks (when it has them), i.e. the quality of the pseudo labels stage 2 will train on.
+
+Image-level labels come from any registered dataset: by default they are derived from the
+(transformed) ``mask`` of each sample, so flips and CCD (removed classes are ignore pixels) are
+accounted for; ``label_source="labels"`` uses the dataset's own ``labels`` (multi-hot over the label
+set, or over its K foreground classes) for datasets without masks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import FaceParseError
+from ..labels import LabelSet, get_label_set
+from ..metrics import FaceParsingMetrics
+from .supervised import build_task_model
+
+__all__ = ["WeaklySupervisedTask", "foreground_labels"]
+
+
+def foreground_labels(batch: dict[str, Any], label_set: LabelSet, source: str = "auto") -> torch.Tensor:
+    """Image-level multi-hot labels ``B x K`` over the non-background classes of ``label_set``."""
+    bg = label_set.background
+    fg = [i for i in range(label_set.num_classes) if i != bg]
+    if source not in ("auto", "mask", "labels"):
+        raise FaceParseError(f"label_source must be auto|mask|labels, got '{source}'")
+    if source in ("auto", "mask") and "mask" in batch:
+        mask = batch["mask"]
+        present = torch.stack([(mask == c).flatten(1).any(1) for c in fg], dim=1)
+        return present.float()
+    if "labels" not in batch:
+        raise FaceParseError("weakly supervised training needs image-level 'labels' or a 'mask' in each sample")
+    labels = batch["labels"].float()
+    if labels.shape[1] == label_set.num_classes:
+        return labels[:, fg]
+    if labels.shape[1] == len(fg):
+        return labels
+    raise FaceParseError(
+        f"image-level labels have {labels.shape[1]} entries; expected {label_set.num_classes} "
+        f"(label set '{label_set.name}') or {len(fg)} (its foreground classes)"
+    )
+
+
+class WeaklySupervisedTask(pl.LightningModule):
+    """Stage 1 of weakly supervised face parsing (DisFaceRep / MCTformer+).
+
+    Args:
+        model: registered MCT-ViT name (``mct_vit_small``) or a module with ``classify`` /
+            ``forward_features`` like :class:`faceparse.models.mct_vit.MCTViT`.
+        label_set: label set of the data; its non-background classes are the K class tokens.
+        model_kwargs: constructor overrides (``img_size``, ``pretrained`` DeiT file...).
+        tcd: None (baseline / +CCD) or keyword arguments of :class:`~faceparse.losses.tcd.TCDLoss`
+            (``{"encoder": {"model_name": "ViT-B-16", "checkpoint": "flip.pt"}}``).
+        tcd_weight: weight of the TCD total (Eq. 16 already carries the paper's weights).
+        cls_weight, patch_weight: weights of the class-token and patch-score classification losses.
+        lr, weight_decay: AdamW (DisFaceRep: lr 5e-6, batch 36 from ImageNet DeiT-S weights).
+        scheduler: ``cosine`` (per step with ``warmup_steps``) or ``none``.
+        theta: pseudo-mask threshold used for the validation F1 (0.5).
+        label_source: ``auto`` | ``mask`` | ``labels`` (see module docstring).
+    """
+
+    def __init__(
+        self,
+        model: str | nn.Module = "mct_vit_small",
+        label_set: str | LabelSet = "celebamask_hq",
+        model_kwargs: dict[str, Any] | None = None,
+        tcd: dict[str, Any] | None = None,
+        tcd_weight: float = 1.0,
+        cls_weight: float = 1.0,
+        patch_weight: float = 1.0,
+        lr: float = 5e-6,
+        weight_decay: float = 0.05,
+        scheduler: str = "cosine",
+        warmup_steps: int = 0,
+        theta: float = 0.5,
+        label_source: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        self.label_set = get_label_set(label_set)
+        self.model = build_task_model(model, self.label_set, model_kwargs)
+        if not hasattr(self.model, "classify"):
+            raise FaceParseError("WeaklySupervisedTask needs an MCT-ViT style model (with classify / forward_features)")
+        self.tcd = None
+        if tcd is not None:
+            from ..losses.tcd import TCDLoss
+
+            kw = {"label_set": self.label_set, "image_mean": self.model.input_mean, "image_std": self.model.input_std}
+            kw.update(tcd)
+            self.tcd = TCDLoss(**kw)
+        self.val_metrics = FaceParsingMetrics(self.label_set)
+        self.last_results: dict[str, dict[str, torch.Tensor]] = {}
+        self._val_seen = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        hp = self.hparams
+        y = foreground_labels(batch, self.label_set, hp.label_source)
+        batch = {**batch, "fg_labels": y}
+        out = self.model.classify(batch["image"])
+        parts = {
+            "cls": F.multilabel_soft_margin_loss(out["cls_logits"], y),
+            "patch": F.multilabel_soft_margin_loss(out["patch_logits"], y),
+        }
+        total = hp.cls_weight * parts["cls"] + hp.patch_weight * parts["patch"]
+        if self.tcd is not None:
+            tcd = self.tcd(out, batch)
+            total = total + hp.tcd_weight * tcd["loss"]
+            parts["tcd"] = tcd["loss"]
+            parts.update({f"tcd_{k}": v for k, v in tcd.items() if k != "loss"})
+        return total, parts
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, parts = self._losses(batch)
+        bs = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        for k, v in parts.items():
+            self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        from ..cam import fcam, pseudo_masks
+
+        loss, _ = self._losses(batch)
+        bs = batch["image"].shape[0]
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=bs, sync_dist=True)
+        if "mask" in batch:
+            y = foreground_labels(batch, self.label_set, self.hparams.label_source)
+            cams = fcam(self.model, batch["image"], labels=y, scales=(1.0,), flip=False)
+            pred = pseudo_masks(cams, y, self.hparams.theta, self.model.fg_index, self.label_set.background)
+            self.val_metrics.update(pred, batch["mask"])
+            self._val_seen = True
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_seen:
+            return
+        self._val_seen = False
+        result = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.last_results["val"] = {k: v.detach().cpu() for k, v in result.items()}
+        self.log("val/pseudo_mean_f1", result["mean_f1"], prog_bar=True)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        opt = torch.optim.AdamW(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler == "none":
+            return opt
+        if hp.scheduler != "cosine":
+            raise FaceParseError(f"scheduler must be 'cosine' or 'none', got {hp.scheduler!r}")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warm = hp.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
