@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--out-dir", default=None, help="write outputs here instead of next to each image")
     pred.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     pred.add_argument("--input-size", type=int, default=None)
+    pred.add_argument("--detect-faces", action="store_true", help="find faces (offline cascade) and parse each crop")
 
     lst = sub.add_parser("list", help="list registered models, losses, datasets or label sets")
     lst.add_argument("what", choices=["models", "losses", "datasets", "label-sets"])
@@ -160,7 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "predict":
             from .inference import predict_files
 
-            for labels, over in predict_files(args.model, args.images, args.out_dir, args.flip, args.input_size):
+            for labels, over in predict_files(
+                args.model, args.images, args.out_dir, args.flip, args.input_size, args.detect_faces
+            ):
                 print(f"wrote {labels} and {over}")
         elif args.command == "list":
             _list(args.what, args.pattern)
