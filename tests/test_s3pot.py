@@ -39,7 +39,7 @@ def naive_greedy(sim: np.ndarray) -> list[tuple[int, int]]:
 
 
 # --------------------------------------------------------------------------- greedy matching
-@pytest.mark.parametrize("shape", [(1, 1), (7, 7), (30, 12), (12, 30), (64, 40), (3, 50)])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 7), (30, 12), (12, 30), (64, 40), (3, 50), (150, 90), (90, 200)])
 @pytest.mark.parametrize("levels", [None, 3, 7])
 def test_greedy_match_equals_naive(shape, levels):
     rng = np.random.default_rng(sum(shape) * 31 + (levels or 0))

@@ -116,28 +116,27 @@ def greedy_match(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         empty = torch.empty(0, dtype=torch.long, device=dev)
         return empty, empty
     sub = sim.detach().float()
-    sub = torch.where(torch.isnan(sub), torch.full_like(sub, float("-inf")), sub)
+    if torch.isnan(sub.sum()):  # one cheap pass; NaN entries never win a match
+        sub = torch.nan_to_num(sub, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
     row_ids = torch.arange(n, device=dev)
     col_ids = torch.arange(m, device=dev)
     rows_out, cols_out = [], []
     taken = 0
     while taken < k:
-        # torch.argmax returns the first maximal index: the smaller flat index wins ties.
-        best_col = sub.argmax(dim=1)
-        best_row = sub.argmax(dim=0)
+        best_col, best_row = _row_and_column_argmax(sub)
         local = torch.arange(sub.shape[0], device=dev)
         mutual = best_row[best_col] == local
         r, c = local[mutual], best_col[mutual]
         rows_out.append(row_ids[r])
         cols_out.append(col_ids[c])
         taken += int(r.numel())
-        keep_r = torch.ones(sub.shape[0], dtype=torch.bool, device=dev)
-        keep_c = torch.ones(sub.shape[1], dtype=torch.bool, device=dev)
-        keep_r[r] = False
-        keep_c[c] = False
         if taken < k:
-            sub = sub[keep_r][:, keep_c]
+            keep_r = torch.ones(sub.shape[0], dtype=torch.bool, device=dev)
+            keep_c = torch.ones(sub.shape[1], dtype=torch.bool, device=dev)
+            keep_r[r] = False
+            keep_c[c] = False
             row_ids, col_ids = row_ids[keep_r], col_ids[keep_c]
+            sub = sub[keep_r].index_select(1, torch.nonzero(keep_c).flatten())
     rows, cols = torch.cat(rows_out), torch.cat(cols_out)
     # Report pairs in the sequential greedy's order: value descending, then flat index ascending.
     flat = rows * m + cols
@@ -146,6 +145,29 @@ def greedy_match(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     vals = sim.detach().float()[rows, cols]
     order = torch.sort(vals, descending=True, stable=True).indices
     return rows[order], cols[order]
+
+
+def _row_and_column_argmax(s: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """First arg-max of every row and of every column, in one cache-friendly pass over row blocks.
+
+    (``s.argmax(dim=0)`` walks memory with a stride and is several times slower on CPU.)
+    ``torch.max(dim)`` returns the first maximal index, and a later block replaces the running
+    column maximum only when strictly larger, so ties go to the smaller index on both axes.
+    """
+    n = s.shape[0]
+    if s.device.type != "cpu" or n <= block:
+        return s.argmax(dim=1), s.argmax(dim=0)
+    best_col = torch.empty(n, dtype=torch.long, device=s.device)
+    col_val, col_idx = s[:block].max(dim=0)
+    best_col[:block] = s[:block].max(dim=1).indices
+    for i in range(block, n, block):
+        blk = s[i : i + block]
+        best_col[i : i + block] = blk.max(dim=1).indices
+        v, idx = blk.max(dim=0)
+        better = v > col_val
+        col_val = torch.where(better, v, col_val)
+        col_idx = torch.where(better, idx + i, col_idx)
+    return best_col, col_idx
 
 
 def select_prompts(
