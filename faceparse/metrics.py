@@ -47,7 +47,8 @@ class FaceParsingMetrics(Metric):
         if t.numel() and (t.max() >= self.num_classes or t.min() < 0):
             raise ValueError(f"target has label {int(t.max())} outside 0..{self.num_classes - 1} ({self.label_set.name})")
         k = self.num_classes
-        self.confmat += torch.bincount(t * k + p.clamp(0, k - 1), minlength=k * k).reshape(k, k)
+        # out-of-place: the state may be an inference tensor created under torch.inference_mode
+        self.confmat = self.confmat + torch.bincount(t * k + p.clamp(0, k - 1), minlength=k * k).reshape(k, k)
 
     def compute(self) -> dict[str, torch.Tensor]:
         return metrics_from_confmat(self.confmat, self.label_set.background)
@@ -107,8 +108,8 @@ class OcclusionIoU(Metric):
         pred = _labels(pred)
         valid = target != self.ignore_index
         p, t = (pred > 0) & valid, (target > 0) & valid
-        self.intersection += (p & t).sum()
-        self.union += (p | t).sum()
+        self.intersection = self.intersection + (p & t).sum()
+        self.union = self.union + (p | t).sum()
 
     def compute(self) -> torch.Tensor:
         return (self.intersection.double() / self.union.clamp(min=1)).float()
