@@ -219,11 +219,13 @@ def inpaint_reference_batch(
 
 # --------------------------------------------------------------------------- dataset wrapper
 def _register_dataset() -> None:
-    """Register :class:`ReferencePairs` as the ``reference_pairs`` dataset (called on import)."""
+    """Register ``reference_pairs`` and ``occlusion_folder`` (called on import)."""
     from .registry import DATASETS
 
     if "reference_pairs" not in DATASETS:
         DATASETS.register("reference_pairs")(ReferencePairs)
+    if "occlusion_folder" not in DATASETS:
+        DATASETS.register("occlusion_folder")(OcclusionFolder)
 
 
 class ReferencePairs(torch.utils.data.Dataset):
@@ -313,6 +315,115 @@ class ReferencePairs(torch.utils.data.Dataset):
             name = meta.get("path") or meta.get("name") or meta.get("file")
             ref = self.source(rgb, regions, None if name is None else str(name))
         sample["reference"] = _normalise(ref[None], img[None], mean, std)[0]
+        return sample
+
+
+class OcclusionFolder(torch.utils.data.Dataset):
+    """Occluded faces with references, parsing maps and (optional) occlusion masks in folders.
+
+    The layout of the S3POT protocol (the paper's own data set is not public)::
+
+        root/[split/]images/<stem>.jpg|png        occluded faces
+        root/[split/]references/<stem>[_ref].png  occlusion-free references (E4S or any generator)
+        root/[split/]parsing/<stem>.png           parsing label map in ``label_set`` ids (optional;
+                                                  the face region M_f; without it: whole image)
+        root/[split/]occlusion/<stem>.png         ground-truth occlusion, nonzero = occluded
+                                                  (optional; only for the occlusion IoU)
+
+    ``root/<split>`` is used when it exists, else ``root``. Items are resized to ``image_size``
+    (bilinear image / reference, nearest masks) and normalised; without references the OpenCV
+    fallback is used. No augmentation (the pair must stay aligned).
+
+    Args:
+        root: data folder.
+        split: sub-folder name (``train``, ``val``, ``test``).
+        image_size: square size of the items (the paper resizes to 1024).
+        label_set: label set of the parsing maps.
+        mean, std: normalisation.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        image_size: int = 1024,
+        label_set: str = "celebamask_hq",
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        **unused,
+    ) -> None:
+        from .labels import get_label_set
+
+        root = Path(root)
+        base = root / split if (root / split).is_dir() else root
+        self.images_dir = base / "images"
+        if not self.images_dir.is_dir():
+            raise FaceParseError(
+                f"occlusion_folder: '{self.images_dir}' does not exist (expected root/[split/]images/ "
+                "with references/, parsing/ and occlusion/ beside it)"
+            )
+        self.files = sorted(p for p in self.images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not self.files:
+            raise FaceParseError(f"occlusion_folder: no images in '{self.images_dir}'")
+        self.refs = FolderReferences(base / "references") if (base / "references").is_dir() else None
+        self.parsing = FolderReferences(base / "parsing", suffix="") if (base / "parsing").is_dir() else None
+        self.occlusion = FolderReferences(base / "occlusion", suffix="") if (base / "occlusion").is_dir() else None
+        self.image_size = int(image_size)
+        self.label_set = get_label_set(label_set)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.fallback = InpaintReferences()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _read_map(self, source: FolderReferences, name: str) -> np.ndarray:
+        import cv2
+
+        path = source.path_for(name)
+        m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if m is None:
+            raise FaceParseError(f"cannot read '{path}'")
+        return m[..., 0] if m.ndim == 3 else m
+
+    def __getitem__(self, index: int) -> dict:
+        import cv2
+
+        path = self.files[index]
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise FaceParseError(f"cannot read image '{path}'")
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        h0, w0 = img.shape[:2]
+        s = self.image_size
+
+        def fit(a: np.ndarray, nearest: bool) -> np.ndarray:
+            if a.shape[:2] == (s, s):
+                return a
+            return cv2.resize(a, (s, s), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
+
+        img = fit(img, False)
+        sample: dict = {"meta": {"index": index, "name": path.name, "path": str(path), "orig_size": (h0, w0)}}
+        if self.parsing is not None:
+            sample["mask"] = torch.from_numpy(fit(self._read_map(self.parsing, path.name), True).astype(np.int64))
+        else:
+            sample["face_mask"] = torch.ones(s, s, dtype=torch.long)
+        if self.refs is not None:
+            ref = fit(self.refs(img, None, path.name), False)
+        else:
+            from .models.s3pot import FACE_CLASSES
+
+            regions = None
+            if "mask" in sample:
+                ids = [self.label_set.index(c) for c in FACE_CLASSES if c in self.label_set]
+                m = sample["mask"].numpy()
+                regions = np.where(np.isin(m, ids), m + 1, 0)
+            ref = self.fallback(img, regions, path.name)
+        if self.occlusion is not None:
+            occ = fit(self._read_map(self.occlusion, path.name), True)
+            sample["occlusion"] = torch.from_numpy((occ > 0).astype(np.int64))
+        like = torch.zeros(1)
+        sample["image"] = _normalise(img[None], like, self.mean, self.std)[0]
+        sample["reference"] = _normalise(ref[None], like, self.mean, self.std)[0]
         return sample
 
 

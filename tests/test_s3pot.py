@@ -322,3 +322,60 @@ def test_predict_occlusion_writes_masks(tiny, tmp_path):
     assert m.shape == (48, 48) and set(np.unique(m).tolist()) <= {0, 255}
     with pytest.raises(FaceParseError):
         predict_occlusion(tiny, [tmp_path / "missing.png"])
+
+
+def test_occlusion_folder_dataset(tiny, tmp_path):
+    import cv2
+
+    from faceparse.tasks.occlusion import OcclusionPromptTask
+
+    img, clean, regions = _disk_face(48)
+    root = tmp_path / "data" / "test"
+    for sub in ("images", "references", "parsing", "occlusion"):
+        (root / sub).mkdir(parents=True)
+    occ = np.zeros((48, 48), np.uint8)
+    occ[20:34, 24:40] = 255
+    skin = faceparse.get_label_set("celebamask_hq").index("skin")
+    parsing = np.where(regions > 0, skin, 0).astype(np.uint8)
+    for stem in ("f1", "f2"):
+        cv2.imwrite(str(root / "images" / f"{stem}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(root / "references" / f"{stem}_ref.png"), cv2.cvtColor(clean, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(root / "parsing" / f"{stem}.png"), parsing)
+        cv2.imwrite(str(root / "occlusion" / f"{stem}.png"), occ)
+    ds = faceparse.build_dataset("occlusion_folder", root=tmp_path / "data", split="test", image_size=64)
+    s = ds[0]
+    assert s["image"].shape == s["reference"].shape == (3, 64, 64)
+    assert s["mask"].shape == s["occlusion"].shape == (64, 64)
+    assert s["occlusion"].sum() > 0 and s["meta"]["name"] == "f1.png"
+    from faceparse.data.base import collate
+
+    task = OcclusionPromptTask(tiny)
+    batch = collate([ds[0], ds[1]])
+    x, ref, regions = task.inputs_of(batch)
+    assert torch.equal(ref, batch["reference"]) and regions.shape == (2, 64, 64)
+    assert bool((regions > 0).eq(batch["mask"] == skin).all())
+    with pytest.raises(FaceParseError, match="images"):
+        faceparse.build_dataset("occlusion_folder", root=tmp_path / "nothing")
+
+
+def test_packaged_s3pot_configs():
+    import inspect
+
+    import yaml
+
+    from faceparse.cli import CONFIG_DIR
+    from faceparse.data import FaceParsingDataModule
+    from faceparse.tasks.occlusion import OcclusionPromptTask
+
+    cfg = yaml.safe_load((CONFIG_DIR / "s3pot_synthetic.yaml").read_text())
+    task = OcclusionPromptTask(**cfg["model"]["init_args"])
+    dm = FaceParsingDataModule(**{**cfg["data"]["init_args"], "train_kwargs": {"num_samples": 2}})
+    sample = dm.build("train")[0]
+    x, ref, regions = task.inputs_of({k: v[None] for k, v in sample.items() if torch.is_tensor(v)})
+    assert task.model(x, ref, regions).shape == (1, 2, 64, 64)
+    paper = yaml.safe_load((CONFIG_DIR / "s3pot_vit_b.yaml").read_text())
+    params = inspect.signature(OcclusionPromptTask).parameters
+    assert set(paper["model"]["init_args"]) <= set(params)
+    args = paper["model"]["init_args"]
+    assert (args["alpha"], args["lam"], args["lr"], paper["data"]["init_args"]["batch_size"]) == (10.0, 0.5, 1e-4, 3)
+    assert paper["trainer"]["max_epochs"] == 50 and paper["data"]["init_args"]["image_size"] == 1024
