@@ -189,3 +189,56 @@ def test_datasets_check_command(lapa, tmp_path, capsys):
     # a missing root is reported, not raised
     assert cli_main(["datasets", "check", str(tmp_path / "nope"), "--dataset", "part_labels"]) == 2
     assert "does not exist" in capsys.readouterr().out
+
+
+def test_every_adapter_through_datamodule_and_yaml(tmp_path):
+    import yaml
+
+    from faceparse.data import FaceParsingDataModule
+    from faceparse.data.synthetic import SyntheticFaces
+
+    SyntheticFaces(split="train", num_samples=10, image_size=32).write_celebamask_hq(tmp_path / "celeb", 10)
+    fx.write_lapa(tmp_path / "lapa", size=48)
+    fx.write_helen_smith(tmp_path / "helen", size=48)
+    fx.write_cofw(tmp_path / "cofw", size=48)
+    fx.write_part_labels(tmp_path / "parts", size=48)
+    cases = {
+        "celebamask_hq": ({"root": str(tmp_path / "celeb"), "progress": False}, "train", 19),
+        "lapa": ({"root": str(tmp_path / "lapa")}, "train", 11),
+        "helen": ({"root": str(tmp_path / "helen")}, "train", 11),
+        "cofw": ({"root": str(tmp_path / "cofw")}, "test", 2),
+        "part_labels": ({"root": str(tmp_path / "parts")}, "train", 3),
+    }
+    for name, (kwargs, split, k) in cases.items():
+        text = yaml.safe_dump(
+            {
+                "data": {
+                    "class_path": "faceparse.data.FaceParsingDataModule",
+                    "init_args": {
+                        "dataset": name,
+                        "dataset_kwargs": kwargs,
+                        "train_split": split,
+                        "val_split": "test",  # COFW has no val split
+                        "image_size": 32,
+                        "batch_size": 2,
+                    },
+                }
+            }
+        )
+        init = yaml.safe_load(text)["data"]["init_args"]
+        dm = FaceParsingDataModule(**init)
+        batch = next(iter(dm.train_dataloader()))
+        assert tuple(batch["image"].shape) == (2, 3, 32, 32), name
+        assert dm.label_set.num_classes == k, name
+        assert int(batch["mask"][batch["mask"] != 255].max()) < k
+
+
+def test_evaluate_command_on_saved_model(lapa, tmp_path, capsys):
+    import faceparse
+
+    model = faceparse.build_model("unet", encoder="resnet18", label_set="celebamask_hq")
+    model.save_pretrained(tmp_path / "m")
+    rc = cli_main(["evaluate", str(tmp_path / "m"), "lapa", str(lapa["root"]), "--split", "val", "--image-size", "64"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "2 faces of lapa val" in out and "'lapa' label set" in out and "| nose |" in out

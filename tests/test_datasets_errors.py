@@ -175,3 +175,11 @@ def test_bad_landmark_and_mat_content(tree):
         f.create_dataset("phisTr", data=np.zeros((80, 3)))
     with pytest.raises(FaceParseError, match=r"COFW_train_color\.mat.*phisTr.*N x 87"):
         COFWDataset(tree / "cofw", split="train")
+
+
+def test_bad_superpixel_file(tree):
+    ds = PartLabelsDataset(tree / "parts", split="val")
+    person, stem = ds.items[1]
+    (tree / "parts" / "parts_lfw_funneled_superpixels_mat" / person / f"{stem}.dat").write_text("1 2 3\n4 5 6\n")
+    with pytest.raises(FaceParseError, match=rf"{stem}\.dat.*6 superpixel ids, expected {S} x {S}"):
+        ds.load_raw(1)

@@ -27,7 +27,7 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
-def _open(path: Path, expected: str) -> Image.Image:
+def _open(path: Path, expected: str, draft: tuple[int, int] | None = None) -> Image.Image:
     if not path.is_file():
         raise FaceParseError(f"missing file '{path}' (expected {expected})")
     # Some libraries switch PIL's LOAD_TRUNCATED_IMAGES on globally; a truncated file must still fail.
@@ -35,6 +35,8 @@ def _open(path: Path, expected: str) -> Image.Image:
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         img = Image.open(path)
+        if draft is not None and img.format == "JPEG":
+            img.draft("RGB", draft)  # DCT-domain downscale (1/2, 1/4, 1/8) to at least ``draft``
         img.load()  # decodes fully: a truncated file raises here instead of giving a grey bottom half
     except (OSError, SyntaxError, ValueError) as exc:
         raise FaceParseError(f"cannot read '{path}' (expected {expected}): {exc}") from None
@@ -43,12 +45,16 @@ def _open(path: Path, expected: str) -> Image.Image:
     return img
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """H x W x 3 uint8 RGB; grayscale and palette images are converted."""
-    img = _open(Path(path), "a complete RGB or grayscale image")
+def read_rgb(path: str | os.PathLike, min_size: tuple[int, int] | None = None) -> np.ndarray:
+    """H x W x 3 uint8 RGB; grayscale and palette images are converted.
+
+    ``min_size`` (w, h): a JPEG may be decoded at a reduced scale (1/2, 1/4, 1/8) as long as it
+    stays at least that large -- much faster when the caller downsamples anyway.
+    """
+    img = _open(Path(path), "a complete RGB or grayscale image", draft=min_size)
     if img.mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)
 
 
 def read_gray(path: str | os.PathLike, expected: str = "a single-channel label image") -> np.ndarray:
@@ -57,10 +63,10 @@ def read_gray(path: str | os.PathLike, expected: str = "a single-channel label i
     p = Path(path)
     img = _open(p, expected)
     if img.mode in ("L", "P", "I", "I;16", "1"):
-        arr = np.asarray(img)
+        arr = np.array(img)  # a writable copy (np.asarray of a PIL image is read-only)
         return arr.astype(np.uint8) if img.mode == "1" else arr
     if img.mode in ("RGB", "RGBA", "LA"):
-        arr = np.asarray(img)
+        arr = np.array(img)
         if img.mode == "LA":
             return arr[..., 0]
         if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
@@ -74,7 +80,7 @@ def read_rgb_labels(path: str | os.PathLike) -> np.ndarray:
     img = _open(Path(path), "a colour-coded label image")
     if img.mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)
 
 
 def check_same_size(arr: np.ndarray, size: tuple[int, int], path: str | os.PathLike, what: str) -> None:

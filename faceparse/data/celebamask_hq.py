@@ -284,9 +284,9 @@ class CelebAMaskHQ(FaceDataset):
     def load_raw(self, index: int) -> dict[str, Any]:
         i = self.ids[index]
         img_path = self.root / IMAGE_DIR / f"{i}.jpg"
-        image = read_rgb(img_path)
         mask, mask_path = self.load_mask(index)
         h, w = mask.shape
+        image = read_rgb(img_path, min_size=(w, h))  # 1024 px JPEG decoded at 1/2 scale when possible
         ih, iw = image.shape[:2]
         if ih * w != iw * h:
             raise FaceParseError(
