@@ -14,6 +14,7 @@ Trees are written at realistic sizes (CelebAMask-HQ 1024 px images and 512 px pa
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -120,6 +121,18 @@ def main() -> None:
         "|---|---|---:|---:|",
     ]
     lines += [f"| {name} | {size} | {r:.1f} | {g:.1f} |" for name, size, r, g in rows]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines += [
+        "",
+        "Notes:",
+        f"- Load average during the run: {load:.1f} (other jobs on the same 2 cores): compare ratios within "
+        "this table, not absolute figures across runs.",
+        "- The cache replaces the label path (one PNG instead of ~14 part PNGs): that is the figure the "
+        "cache is judged on. A raw sample adds the 1024 px JPEG decode (at half scale); the tensor sample adds "
+        "the shared eval transform (resize, normalise, to tensors), the same cost for both paths.",
+        "- Helen (original layout) reads 11 soft class maps per face, hence its low rate; LaPa aligned adds "
+        "one affine warp of image and mask.",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out != "-":
