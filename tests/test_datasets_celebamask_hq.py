@@ -235,3 +235,16 @@ def test_errors(celeb_tree, tmp_path):
     (root3 / "CelebA-HQ-to-CelebA-mapping.txt").unlink()
     with pytest.raises(FaceParseError, match="CelebA-HQ-to-CelebA-mapping.txt"):
         CelebAMaskHQ(root3)
+
+
+def test_check_command_lists_celebamask_problems(celeb_tree, tmp_path, capsys):
+    from faceparse.cli import main
+
+    root = _copy_tree(celeb_tree[0], tmp_path / "CelebAMask-HQ")
+    assert main(["datasets", "check", str(root), "--dataset", "celebamask_hq"]) == 0
+    assert "faces per split: train 8, val 1, test 1" in capsys.readouterr().out
+    (root / "CelebA-HQ-img" / "5.jpg").unlink()
+    cv2.imwrite(str(root / "CelebAMask-HQ-mask-anno" / "0" / "00001_nose.png"), np.zeros((3, 3), np.uint8))
+    assert main(["datasets", "check", str(root), "--dataset", "celebamask_hq"]) == 2
+    out = capsys.readouterr().out
+    assert "2 problem(s)" in out and "5.jpg" in out and "00001_nose.png" in out
