@@ -23,6 +23,10 @@ def test_parameter_count_matches_paper():
     assert model.num_classes == 3
     assert model.num_parameters() == 4_524_323
     assert faceparse.build_model("consensus_net", label_set="part_labels").num_parameters() == 4_524_323
+    # the width option (quick experiments) scales every layer; 64 is the published network
+    assert faceparse.build_model("consensus_net", width=32).num_parameters() == 1_133_203
+    with pytest.raises(FaceParseError, match="width"):
+        faceparse.build_model("consensus_net", width=7)
 
 
 def test_forward_shapes_and_dropout():
@@ -298,5 +302,7 @@ def test_loss_registry_and_errors():
         faceparse.build_loss("consensus", blobs="superpixels")
     with pytest.raises(ValueError, match="blobs"):
         faceparse.build_loss("consensus", blobs="given")(logits, {"mask": target})
+    fallback = faceparse.build_loss("consensus", blobs="given", missing_blobs="components")
+    torch.testing.assert_close(fallback(logits, {"mask": target})["loss"], out["loss"])
     with pytest.raises(ValueError, match="same size"):
         consensus_loss(logits, target[:, :4])

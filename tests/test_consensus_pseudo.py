@@ -99,3 +99,27 @@ def test_command_with_teacher_model_via_cli(tmp_path):
     assert rc == 0
     assert len(list((tmp_path / "pl").glob("*.png"))) == 2
     assert len(list((tmp_path / "pl" / "blobs").glob("*.png"))) == 2
+
+
+def test_synthetic_occlusion_dataset_blobs_follow_eq2():
+    ds = faceparse.build_dataset("synthetic_occlusion", num_samples=6, image_size=48, occluder_prob=1.0)
+    assert ds.label_set.name == "cofw_occlusion"
+    raw = ds.load_raw(0)
+    occ = np.asarray(ds.base.load_raw(0)["occlusion"]) > 0
+    np.testing.assert_array_equal(raw["mask"] == 2, occ)
+    np.testing.assert_array_equal(np.minimum(raw["blobs"], 2), raw["mask"])
+    n_occ = cv2.connectedComponents(occ.astype(np.uint8), connectivity=8)[0] - 1
+    assert len(np.unique(raw["blobs"][occ])) == n_occ
+    batch = collate([ds[i] for i in range(4)])
+    out = faceparse.build_loss("consensus", blobs="given")(torch.randn(4, 3, 48, 48), batch)
+    assert torch.isfinite(out["loss"])
+
+
+def test_occlusion_pseudo_without_labels_maps_true_masks():
+    ds = faceparse.build_dataset(
+        "occlusion_pseudo", labels_dir=None, dataset="synthetic", dataset_kwargs={"num_samples": 2}, image_size=32
+    )
+    raw, base = ds.load_raw(1), ds.base.load_raw(1)
+    lut = base_lut = ds.base.label_set.mapping_to(ds.label_set)
+    np.testing.assert_array_equal(raw["mask"], lut[base["mask"]])
+    assert "blobs" not in raw and base_lut[ds.base.label_set.index("nose")] == 1

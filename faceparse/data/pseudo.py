@@ -268,14 +268,16 @@ class OcclusionPseudoLabels(FaceDataset):
     ``faceparse pseudo-labels occlusion`` (label set ``cofw_occlusion``), with their ``blobs`` map.
 
     Args:
-        labels_dir: the command's output folder.
+        labels_dir: the command's output folder; ``None`` keeps the wrapped dataset's own masks,
+            translated into ``cofw_occlusion`` by class name (for validation / test splits, e.g.
+            the COFW test face masks), without a ``blobs`` map.
         dataset, dataset_kwargs, split: the wrapped registered dataset (images and keys).
         image_size, augment, mean, std: as in FaceDataset.
     """
 
     def __init__(
         self,
-        labels_dir: str,
+        labels_dir: str | None = None,
         dataset: str = "synthetic",
         dataset_kwargs: dict | None = None,
         split: str = "train",
@@ -285,8 +287,8 @@ class OcclusionPseudoLabels(FaceDataset):
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__(image_size=image_size, augment=augment, mean=mean, std=std)
-        self.labels_dir = Path(labels_dir)
-        if not (self.labels_dir / BLOB_DIR).is_dir():
+        self.labels_dir = Path(labels_dir) if labels_dir is not None else None
+        if self.labels_dir is not None and not (self.labels_dir / BLOB_DIR).is_dir():
             raise FaceParseError(
                 f"'{self.labels_dir}' is not a folder written by `faceparse pseudo-labels occlusion` "
                 f"(no '{BLOB_DIR}/' inside)"
@@ -294,15 +296,19 @@ class OcclusionPseudoLabels(FaceDataset):
         self.base = _build(dataset, split=split, **(dataset_kwargs or {}))
         self.label_set = get_label_set("cofw_occlusion")
         self.landmark_flip = self.base.landmark_flip
+        self._lut = self.base.label_set.mapping_to(self.label_set).astype(np.uint8)
 
     def __len__(self) -> int:
         return len(self.base)
 
     def load_raw(self, index: int) -> dict[str, Any]:
         raw = self.base.load_raw(index)
+        out = {k: v for k, v in raw.items() if k not in ("labels", "occlusion", "superpixels")}
+        if self.labels_dir is None:
+            out["mask"] = self._lut[np.asarray(raw["mask"]).astype(np.int64)]
+            return out
         key = _sample_key(raw, index)
         h, w = raw["image"].shape[:2]
-        out = {k: v for k, v in raw.items() if k not in ("labels", "occlusion", "superpixels")}
         for name, path in (
             ("mask", self.labels_dir / f"{key}.png"),
             ("blobs", self.labels_dir / BLOB_DIR / f"{key}.png"),
@@ -313,4 +319,51 @@ class OcclusionPseudoLabels(FaceDataset):
             if arr.shape[:2] != (h, w):
                 arr = cv2.resize(arr, (w, h), interpolation=cv2.INTER_NEAREST)
             out[name] = arr
+        return out
+
+
+@DATASETS.register("synthetic_occlusion")
+class SyntheticOcclusion(FaceDataset):
+    """Synthetic faces as a 3-class occlusion task (label set ``cofw_occlusion``) with the blob map
+    C of the consensus paper (Eq. 2) from the ground truth: 0 background, 1 face, 2.. one id per
+    8-connected occluder component. CelebAMask-HQ face parts (skin, brows, eyes, ears, nose, mouth,
+    lips, glasses) are face; hair, neck, cloth and accessories background; occluder pixels occlusion.
+
+    Args: as ``synthetic`` (``split``, ``num_samples``, ``image_size``, ``seed``, ``occluder_prob``
+    -- default 0.7 here -- ``augment``, ``mean``, ``std``).
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        num_samples: int | None = None,
+        image_size: int = 128,
+        seed: int = 0,
+        occluder_prob: float = 0.7,
+        augment: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__(image_size=image_size, augment=augment, mean=mean, std=std)
+        self.base = _build(
+            "synthetic", split=split, num_samples=num_samples, image_size=image_size, seed=seed,
+            occluder_prob=occluder_prob,
+        )  # fmt: skip
+        self.label_set = get_label_set("cofw_occlusion")
+        self.landmark_flip = self.base.landmark_flip
+        self._lut = self.base.label_set.mapping_to(self.label_set).astype(np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def load_raw(self, index: int) -> dict[str, Any]:
+        raw = self.base.load_raw(index)
+        mask = self._lut[np.asarray(raw["mask"]).astype(np.int64)]
+        occ = np.asarray(raw["occlusion"]) > 0
+        _, cc = cv2.connectedComponents(occ.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        blobs = mask.astype(np.uint16)  # 0 background, 1 face
+        blobs[occ] = (cc[occ] + 1).astype(np.uint16)
+        mask[occ] = OCCLUSION
+        out = {k: v for k, v in raw.items() if k != "labels"}
+        out.update(mask=mask, blobs=blobs, labels=self.labels_from_mask(mask, 3))
         return out

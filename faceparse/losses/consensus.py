@@ -294,6 +294,8 @@ class ConsensusLoss(nn.Module):
         beta: weight of the consensus term 1/|c| sum_s KL(p_c || p(s)).
         blobs: ``"class"`` (one blob per class per image, official practice), ``"components"``
             (8-connected components of each class), or ``"given"`` (``batch[blob_key]``).
+        missing_blobs: with ``"given"``, what a batch without ``blob_key`` does: ``"error"``
+            (default) or ``"components"`` (fall back to components, e.g. on validation data).
         connectivity: 8 or 4, for ``"components"``.
         reduction: ``"image"`` (Eq. 8 per image, mean over images) or ``"blob"``.
         normalization: ``"paper"`` (Eq. 8) or ``"official"`` (the released code's).
@@ -313,8 +315,12 @@ class ConsensusLoss(nn.Module):
         normalization: str = "paper",
         blob_key: str = "blobs",
         ignore_index: int = IGNORE_INDEX,
+        missing_blobs: str = "error",
     ) -> None:
         super().__init__()
+        if missing_blobs not in ("error", "components"):
+            raise ValueError(f"missing_blobs must be 'error' or 'components', got {missing_blobs!r}")
+        self.missing_blobs = missing_blobs
         if blobs not in BLOB_MODES:
             raise ValueError(f"blobs must be one of {BLOB_MODES}, got {blobs!r}")
         if connectivity not in (4, 8):
@@ -325,13 +331,17 @@ class ConsensusLoss(nn.Module):
         self.blob_key, self.ignore_index = blob_key, ignore_index
 
     def forward(self, outputs: torch.Tensor | dict[str, Any], batch: dict[str, Any]) -> dict:
-        blob_ids = batch.get(self.blob_key) if self.blobs == "given" else None
+        blobs, blob_ids = self.blobs, None
+        if blobs == "given":
+            blob_ids = batch.get(self.blob_key)
+            if blob_ids is None and self.missing_blobs == "components":
+                blobs = "components"
         return consensus_loss(
             logits_of(outputs),
             batch["mask"],
             alpha=self.alpha,
             beta=self.beta,
-            blobs=self.blobs,
+            blobs=blobs,
             blob_ids=blob_ids,
             connectivity=self.connectivity,
             ignore_index=self.ignore_index,

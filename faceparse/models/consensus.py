@@ -59,6 +59,9 @@ class ConsensusNet(FaceParsingModel):
             regularised models ("+reg.") use 0.2, the plain ones 0.
         in_channels: input channels (3).
         input_size: default square input size (128, as published).
+        width: channels of the first layer (64 as published; the others scale with it: 2w, 4w,
+            8w before the first pixel shuffle, w/2 at the end). Smaller widths are for quick
+            CPU experiments only; official checkpoints need 64.
         pretrained: optional faceparse model directory or official checkpoint to load.
 
     Input: RGB normalised with mean = std = 0.5 (values in [-1, 1]); any size divisible by 4.
@@ -75,33 +78,36 @@ class ConsensusNet(FaceParsingModel):
         dropout: float = 0.0,
         in_channels: int = 3,
         input_size: int = 128,
+        width: int = 64,
         pretrained: str | None = None,
     ) -> None:
         super().__init__()
+        if width < 2 or width % 2:
+            raise FaceParseError(f"consensus_net width must be an even number >= 2 (published: 64), got {width}")
         self.label_set = resolve_label_set(label_set)
         self.default_input_size = input_size
-        k = self.label_set.num_classes
+        k, w = self.label_set.num_classes, width
         self.model_enc = nn.Sequential(
-            *_block(in_channels, 64, norm=False),
-            *_block(64, 128, stride=2),
-            *_block(128, 128),
-            *_block(128, 128),
-            *_block(128, 256, stride=2),
+            *_block(in_channels, w, norm=False),
+            *_block(w, 2 * w, stride=2),
+            *_block(2 * w, 2 * w),
+            *_block(2 * w, 2 * w),
+            *_block(2 * w, 4 * w, stride=2),
         )
         self.model_dilation = nn.Sequential(
-            *_block(256, 256, dilation=4),
-            *_block(256, 256, dilation=3),
+            *_block(4 * w, 4 * w, dilation=4),
+            *_block(4 * w, 4 * w, dilation=3),
         )
         self.model_dec = nn.Sequential(
-            *_block(512, 512),
+            *_block(8 * w, 8 * w),
             nn.PixelShuffle(2),
-            *_block(128, 128),
-            *_block(128, 128),
+            *_block(2 * w, 2 * w),
+            *_block(2 * w, 2 * w),
             nn.PixelShuffle(2),
-            *_block(32, 32, norm=False),
-            *_block(32, 32, norm=False),
+            *_block(w // 2, w // 2, norm=False),
+            *_block(w // 2, w // 2, norm=False),
         )
-        self.model_class = nn.Conv2d(32, k, 3, padding=1)
+        self.model_class = nn.Conv2d(w // 2, k, 3, padding=1)
         self.drop = nn.Dropout(p=dropout)
         self.apply(init_consensus_weights)
         if pretrained is not None:
