@@ -170,12 +170,15 @@ class DeOcclusionLoss(nn.Module):
     + ``rec_weight`` x the same for the raw reconstruction + ``occ_weight`` x BCE of the occlusion
     branch against the synthetic occlusion mask.
 
+    ``pos_weight`` up-weights occluded pixels in the BCE (occluders cover a minority of the face,
+    and an unweighted BCE first settles on "nothing is occluded").
+
     Batch keys: ``clean`` (B x 3 x S x S in [0, 1]) and ``occlusion`` (B x S x S, 0/1; resized).
     """
 
-    def __init__(self, rec_weight: float = 0.5, occ_weight: float = 1.0) -> None:
+    def __init__(self, rec_weight: float = 0.5, occ_weight: float = 1.0, pos_weight: float = 1.0) -> None:
         super().__init__()
-        self.rec_weight, self.occ_weight = rec_weight, occ_weight
+        self.rec_weight, self.occ_weight, self.pos_weight = rec_weight, occ_weight, pos_weight
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         size = outputs["output"].shape[-2:]
@@ -187,6 +190,7 @@ class DeOcclusionLoss(nn.Module):
         occ_t = batch["occlusion"].float()[:, None]
         if occ_t.shape[-2:] != size:
             occ_t = F.interpolate(occ_t, size=size, mode="nearest")
-        occ = F.binary_cross_entropy_with_logits(outputs["occlusion_logits"], occ_t)
+        pos_weight = torch.tensor(self.pos_weight, device=occ_t.device)
+        occ = F.binary_cross_entropy_with_logits(outputs["occlusion_logits"], occ_t, pos_weight=pos_weight)
         loss = eq1 + self.rec_weight * rec + self.occ_weight * occ
         return {"loss": loss, "eq1": eq1.detach(), "reconstruction": rec.detach(), "occlusion": occ.detach()}
