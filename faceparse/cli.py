@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     pred.add_argument("--input-size", type=int, default=None)
     pred.add_argument("--detect-faces", action="store_true", help="find faces (offline cascade) and parse each crop")
+    pred.add_argument("--occlusion", action="store_true", help="S3POT model: write <stem>_occlusion.png masks instead")
 
     lst = sub.add_parser("list", help="list registered models, losses, datasets or label sets")
     lst.add_argument("what", choices=["models", "losses", "datasets", "label-sets"])
@@ -158,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo
 
             run_demo(**{k: v for k, v in vars(args).items() if k != "command"})
+        elif args.command == "predict" and args.occlusion:
+            from .tasks.occlusion import predict_occlusion
+
+            for path in predict_occlusion(args.model, args.images, args.out_dir):
+                print(f"wrote {path}")
         elif args.command == "predict":
             from .inference import predict_files
 

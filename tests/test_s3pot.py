@@ -379,3 +379,19 @@ def test_packaged_s3pot_configs():
     args = paper["model"]["init_args"]
     assert (args["alpha"], args["lam"], args["lr"], paper["data"]["init_args"]["batch_size"]) == (10.0, 0.5, 1e-4, 3)
     assert paper["trainer"]["max_epochs"] == 50 and paper["data"]["init_args"]["image_size"] == 1024
+
+
+def test_cli_predict_occlusion_flag(tiny, tmp_path, capsys):
+    import cv2
+
+    from faceparse.cli import main
+
+    img, _, _ = _disk_face(40)
+    cv2.imwrite(str(tmp_path / "face.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    tiny.save_pretrained(tmp_path / "model")
+    args = ["predict", str(tmp_path / "face.png"), "--model", str(tmp_path / "model"), "--occlusion"]
+    assert main([*args, "--out-dir", str(tmp_path / "out")]) == 0
+    mask = cv2.imread(str(tmp_path / "out" / "face_occlusion.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (40, 40)
+    assert main(["predict", str(tmp_path / "missing.png"), "--model", str(tmp_path / "model"), "--occlusion"]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -239,6 +239,8 @@ class OcclusionPromptTask(pl.LightningModule):
 def _read_rgb(path: Path) -> np.ndarray:
     import cv2
 
+    if not path.is_file():
+        raise FaceParseError(f"image file '{path}' does not exist")
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise FaceParseError(f"cannot read image '{path}' (expected a PNG/JPEG file)")
