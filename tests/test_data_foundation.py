@@ -115,3 +115,12 @@ def test_collate_keeps_ragged_entries():
     items = [{"image": torch.zeros(3, 4, 4), "landmarks": torch.zeros(n, 2), "meta": {"i": n}} for n in (5, 6)]
     out = collate(items)
     assert out["image"].shape == (2, 3, 4, 4) and isinstance(out["landmarks"], list) and out["meta"][1]["i"] == 6
+
+
+def test_synthetic_cache_returns_same_faces_and_is_not_mutated():
+    plain = faceparse.build_dataset("synthetic", split="val", num_samples=4, image_size=48)
+    cached = faceparse.build_dataset("synthetic", split="val", num_samples=4, image_size=48, cache=True)
+    first = cached.load_raw(2)
+    first["mask"][:] = 0  # callers may modify what they get
+    np.testing.assert_array_equal(cached.load_raw(2)["mask"], plain.load_raw(2)["mask"])
+    np.testing.assert_array_equal(cached.load_raw(2)["image"], plain.load_raw(2)["image"])

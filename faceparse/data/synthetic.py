@@ -98,7 +98,7 @@ def render_face(rng: np.random.Generator, size: int = 128, occluder_prob: float 
         top = cy + b * rng.uniform(1.15, 1.3)
         p.paint(p.region(_ellipse((cx, top + 0.9 * S), (2.2 * a, 0.9 * S))), C["cloth"], rng.integers(0, 256, 3), 12)
     if rng.random() < RARE["necklace"]:
-        th = max(2, S // 48)
+        th = max(2, S // 36)
         p.paint(p.region(_ellipse((cx, cy + 1.0 * b), (0.55 * a, 0.3 * b), 0, 20, 160, th)), C["necklace"], _jitter(rng, (230, 190, 60), 20), 8)
     # ears, earrings
     ear_y = cy + 0.02 * b
@@ -107,7 +107,7 @@ def render_face(rng: np.random.Generator, size: int = 128, occluder_prob: float 
         if ear_visible:
             p.paint(p.region(_ellipse((cx + side * 0.97 * a, ear_y), (0.17 * a, 0.3 * b))), C[name], np.asarray(skin) * 0.95, 5)
     if ear_visible and rng.random() < RARE["earring"]:
-        r = max(2.0, 0.08 * a)
+        r = max(2.0, 0.11 * a)
         for side in (-1, 1):
             p.paint(p.region(_ellipse((cx + side * 1.0 * a, ear_y + 0.34 * b), (r, r * 1.3))), C["earring"], _jitter(rng, (240, 210, 80), 25), 6)
     # face
@@ -205,6 +205,7 @@ class SyntheticFaces(FaceDataset):
         seed: global seed; the same ``(seed, split, index)`` always gives the same face.
         occluders: draw occluders on about ``occluder_prob`` of the faces.
         augment: apply the training augmentation pipeline.
+        cache: keep drawn faces in memory (about 70 KB each at 128 px) so later epochs skip drawing.
     """
 
     def __init__(
@@ -220,6 +221,7 @@ class SyntheticFaces(FaceDataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         render_size: int | None = None,
+        cache: bool = False,
     ) -> None:
         super().__init__(image_size=image_size, augment=augment, transform=transform, mean=mean, std=std)
         if split not in DEFAULT_SIZES:
@@ -233,6 +235,7 @@ class SyntheticFaces(FaceDataset):
         self.occluder_prob = occluder_prob if occluders else 0.0
         self.label_set: LabelSet = get_label_set("celebamask_hq")
         self.landmark_flip = FIVE_POINT_FLIP
+        self._cache: dict[int, dict[str, Any]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return self.num_samples
@@ -241,6 +244,14 @@ class SyntheticFaces(FaceDataset):
         return np.random.default_rng([self.seed, zlib.crc32(self.split.encode()), index])
 
     def load_raw(self, index: int) -> dict[str, Any]:
+        if self._cache is not None and index in self._cache:
+            return {k: (v.copy() if isinstance(v, (np.ndarray, dict)) else v) for k, v in self._cache[index].items()}
+        sample = self._render(index)
+        if self._cache is not None:
+            self._cache[index] = {k: (v.copy() if isinstance(v, (np.ndarray, dict)) else v) for k, v in sample.items()}
+        return sample
+
+    def _render(self, index: int) -> dict[str, Any]:
         sample = render_face(self.rng(index), self.render_size, self.occluder_prob)
         sample["labels"] = self.labels_from_mask(sample["mask"], self.label_set.num_classes)
         sample["meta"] = {"index": index, "split": self.split, "name": f"synthetic_{self.split}_{index:06d}"}
