@@ -101,8 +101,8 @@ class InpaintReferences:
 
     def __init__(
         self,
-        threshold: float = 3.0,
-        min_distance: float = 20.0,
+        threshold: float = 2.5,
+        min_distance: float = 15.0,
         radius: int = 5,
         dilate: int = 2,
         method: str = "telea",
