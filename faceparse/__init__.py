@@ -53,9 +53,17 @@ def list_datasets(pattern: str = "*") -> list[str]:
     return DATASETS.list(pattern)
 
 
-def model_info(name: str) -> dict[str, Any]:
-    """Registry metadata of a model (paper, default input size, default label set)."""
-    return MODELS.metadata(name)
+def model_info(name: str, count_parameters: bool = True, **kwargs: Any) -> dict[str, Any]:
+    """Registry metadata of a model (paper, default input size, default label set) plus its
+    parameter count, computed (never stored) by building the model on the meta device."""
+    import torch
+
+    info = MODELS.metadata(name)
+    if count_parameters:
+        with torch.device("meta"):
+            model = MODELS.build(name, **kwargs)
+        info["parameters"] = sum(p.numel() for p in model.parameters())
+    return info
 
 
 __all__ = [

@@ -86,3 +86,13 @@ def test_label_set_round_trip_and_validation():
         LabelSet("bad", ("a", "a"))
     with pytest.raises(KeyError, match="lapa"):
         get_label_set("lapaa")
+
+
+def test_model_info_counts_parameters_without_materialising():
+    import torch
+
+    info = faceparse.model_info("unet", encoder="resnet18", label_set="lapa")
+    assert info["paper"].startswith("segmentation-models-pytorch") and info["input_size"] == 512
+    real = faceparse.build_model("unet", encoder="resnet18", label_set="lapa")
+    assert info["parameters"] == sum(p.numel() for p in real.parameters())
+    assert not isinstance(info["parameters"], torch.Tensor)
