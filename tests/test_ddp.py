@@ -87,3 +87,20 @@ def test_ddp_two_cpu_processes_match_one_process():
     init = _bn_to_gn(faceparse.build_model("unet", **TINY))
     moved = max((init.state_dict()[k].float() - single_state[k].float()).abs().max().item() for k in single_state)
     assert moved > 1e-3
+
+
+@pytest.mark.parametrize(
+    "name, devices, nodes", [("ddp_cpu_synthetic", 2, 1), ("ddp_multi_gpu", 8, 1), ("ddp_multi_node", 8, 2)]
+)
+def test_ddp_configs_parse(name, devices, nodes, capsys):
+    import yaml
+
+    from faceparse.cli import run_lightning
+
+    with pytest.raises(SystemExit) as exc:
+        run_lightning(["fit", "--config", name, "--print_config"])
+    assert exc.value.code == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["trainer"]["devices"] == devices and cfg["trainer"]["num_nodes"] == nodes
+    assert cfg["trainer"]["strategy"]["class_path"].endswith("DDPStrategy")
+    assert cfg["model"]["class_path"] == "faceparse.tasks.SegmentationTask"
