@@ -108,6 +108,12 @@ def test_parameter_counts_match_sam_plus_screening(variant):
 
 def test_registered_names():
     assert faceparse.list_models("s3pot_*") == ["s3pot_tiny", "s3pot_vit_b", "s3pot_vit_h", "s3pot_vit_l"]
+    meta = faceparse.MODELS.metadata("s3pot_vit_b")
+    assert meta["input_size"] == 1024
+    assert faceparse.get_label_set(meta["label_set"]).classes == ("background", "occlusion")
+    assert faceparse.model_info("s3pot_vit_b")["parameters"] == SAM_COUNTS["vit_b"] + SCREENING
+    tiny_h = faceparse.build_model("s3pot_vit_h", **meta["tiny"])  # cheap build of any variant
+    assert tiny_h.token_grid == (16, 16) and tiny_h.encoder_name == "vit_h"
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ from torch import nn
 
 from .. import references as _references  # noqa: F401  (registers the "reference_pairs" dataset)
 from ..errors import FaceParseError, MissingWeightsError, require
-from ..labels import LabelSet
+from ..labels import LABEL_SETS, LabelSet
 from ..registry import MODELS
 from .base import FaceParsingModel
 
@@ -55,6 +55,8 @@ OCCLUSION_LABEL_SET = LabelSet(
     palette=((0, 0, 0), (0, 255, 0)),
     flip_pairs=(),
 )
+# Make it a named preset (get_label_set("occlusion"), registry metadata, config files).
+LABEL_SETS.setdefault(OCCLUSION_LABEL_SET.name, OCCLUSION_LABEL_SET)
 
 # Facial region set F of paper Sec. 3.3 ("lip, eyebrows, eyes, nose, skin, mouth"), canonical names.
 FACE_CLASSES: tuple[str, ...] = (
@@ -567,7 +569,18 @@ def _build_sam(cfg: dict[str, Any]) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- registry
-_META = dict(paper="S3POT (2025)", label_set=OCCLUSION_LABEL_SET)
+# ``tiny``: constructor overrides for cheap zoo-wide test builds of any variant (random weights).
+_TINY = dict(
+    image_size=64,
+    patch_size=4,
+    window_size=4,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    global_attn_indexes=[1],
+    decoder_mlp_dim=256,
+)
+_META = dict(paper="S3POT (2025)", label_set="occlusion", tiny=_TINY, tiny_input_size=64)
 
 
 @MODELS.register("s3pot_vit_b", input_size=1024, **_META)
