@@ -401,3 +401,20 @@ def test_cli_predict_occlusion_flag(tiny, tmp_path, capsys):
     assert mask.shape == (40, 40)
     assert main(["predict", str(tmp_path / "missing.png"), "--model", str(tmp_path / "model"), "--occlusion"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_clear_error_without_segment_anything(monkeypatch):
+    import ast
+    import sys
+
+    import faceparse.models.s3pot as mod
+    from faceparse.errors import MissingDependencyError
+
+    # no module-level import of segment_anything (faceparse imports without the extra)
+    tree = ast.parse(open(mod.__file__).read())
+    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    names = [a.name for n in top for a in n.names] + [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
+    assert not any(name.startswith("segment_anything") for name in names)
+    monkeypatch.setitem(sys.modules, "segment_anything", None)
+    with pytest.raises(MissingDependencyError, match=r"faceparse\[sam\]"):
+        faceparse.build_model("s3pot_tiny")
