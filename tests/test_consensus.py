@@ -217,6 +217,17 @@ def test_loss_gradient_matches_loop():
     torch.testing.assert_close(g1, logits.grad, rtol=1e-6, atol=1e-9)
 
 
+def test_fast_and_stable_paths_agree():
+    from faceparse.losses.consensus import consensus_loss_terms
+
+    torch.manual_seed(3)
+    target = _blobby_target(b=2, h=16, w=16, seed=1)
+    logits = torch.randn(2, 3, 16, 16, dtype=torch.float64) * 8
+    idx = compute_blobs(target, 3, "components")
+    for a, b in zip(consensus_loss_terms(logits, idx, stable=False), consensus_loss_terms(logits, idx, stable=True)):
+        torch.testing.assert_close(a, b)
+
+
 def test_every_pixel_its_own_blob_is_cross_entropy():
     torch.manual_seed(0)
     b, k, h, w = 2, 4, 8, 8
@@ -306,3 +317,50 @@ def test_loss_registry_and_errors():
     torch.testing.assert_close(fallback(logits, {"mask": target})["loss"], out["loss"])
     with pytest.raises(ValueError, match="same size"):
         consensus_loss(logits, target[:, :4])
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def test_consensus_evaluate_part_labels_at_250_and_cofw(tmp_path):
+    from faceparse.cli import main
+    from faceparse.data._fixtures import write_cofw, write_part_labels
+    from faceparse.metrics import upsample_labels
+    from faceparse.models.consensus import evaluate_consensus
+
+    torch.manual_seed(0)
+    model = faceparse.build_model("consensus_net", label_set="part_labels", width=8, input_size=32).eval()
+    model.save_pretrained(tmp_path / "m")
+    write_part_labels(tmp_path / "pl", {"train": 1, "val": 1, "test": 2}, size=250)
+    ds = faceparse.build_dataset(
+        "part_labels", root=str(tmp_path / "pl"), split="test", image_size=None, mean=(0.5,) * 3, std=(0.5,) * 3
+    )
+    res = evaluate_consensus(model, ds, "part_labels")
+    # independent check of the pixel accuracy at 250 with nearest-upsampled 32 x 32 predictions
+    correct = total = 0
+    for i in range(len(ds)):
+        s = ds[i]
+        x = F.interpolate(s["image"][None], size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+        with torch.no_grad():
+            pred = upsample_labels(model(x).argmax(1)[0], 250)
+        correct += int((pred == s["mask"]).sum())
+        total += s["mask"].numel()
+    assert res["pixel_acc"].item() == pytest.approx(correct / total, abs=1e-6)
+    assert {"superpixel_acc", "sparsity", "rec_all", "face_iou"} <= set(res)
+    args = ["consensus", "evaluate", str(tmp_path / "m"), "part_labels", "--root", str(tmp_path / "pl")]
+    assert main([*args, "--protocol", "part_labels", "--original-resolution"]) == 0
+    # COFW protocol with a 3-class model
+    cofw_model = faceparse.build_model("consensus_net", width=8, input_size=32)
+    cofw_model.save_pretrained(tmp_path / "c")
+    write_cofw(tmp_path / "cofw", n_train=1, n_test=2, size=64)
+    args = [
+        "consensus",
+        "evaluate",
+        str(tmp_path / "c"),
+        "cofw",
+        "--root",
+        str(tmp_path / "cofw"),
+        "--protocol",
+        "cofw",
+    ]
+    assert main(args) == 0

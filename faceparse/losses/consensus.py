@@ -56,12 +56,12 @@ BLOB_MODES = ("class", "components", "given")
 class BlobIndex:
     """Blob membership of the valid pixels of a batch.
 
-    ``pixel`` indexes the flattened ``B*H*W`` grid (valid pixels only), ``blob`` gives each of
-    those pixels its blob id in ``[0, num_blobs)``, ``blob_label`` the class of every blob and
-    ``blob_image`` the batch index of every blob.
+    ``pixel`` indexes the flattened ``B*H*W`` grid (valid pixels only; None when every pixel is
+    valid), ``blob`` gives each of those pixels its blob id in ``[0, num_blobs)``, ``blob_label``
+    the class of every blob and ``blob_image`` the batch index of every blob.
     """
 
-    pixel: torch.Tensor
+    pixel: torch.Tensor | None
     blob: torch.Tensor
     blob_label: torch.Tensor
     blob_image: torch.Tensor
@@ -112,22 +112,28 @@ def compute_blobs(
     b, h, w = target.shape
     t = target.reshape(-1)
     valid = (t >= 0) & (t < num_classes) & (t != ignore_index)
-    pixel = valid.nonzero().squeeze(1)
-    labels = t[pixel]
-    img = pixel // (h * w)
+    if bool(valid.all()):  # no ignore pixels: skip the gathers
+        pixel, labels = None, t.long()
+        img = torch.arange(b, device=t.device).repeat_interleave(h * w)
+    else:
+        pixel = valid.nonzero().squeeze(1)
+        labels = t[pixel].long()
+        img = pixel // (h * w)
     if mode == "class":
         key = img * num_classes + labels
         key_space = b * num_classes
     elif mode == "components":
         cc, n = _components_per_class(target.detach().cpu().numpy(), num_classes, connectivity)
-        key = torch.from_numpy(cc.reshape(-1)).to(target.device)[pixel]
+        key = torch.from_numpy(cc.reshape(-1)).to(target.device)
+        key = key if pixel is None else key[pixel]
         key_space = max(n, 1)
     else:
         if blobs is None:
             raise ValueError('blob mode "given" needs a "blobs" tensor (B x H x W) in the batch')
         if blobs.shape != target.shape:
             raise ValueError(f"blobs must have the shape of the mask {tuple(target.shape)}, got {tuple(blobs.shape)}")
-        bl = blobs.reshape(-1)[pixel].long()
+        bl = blobs.reshape(-1).long()
+        bl = bl if pixel is None else bl[pixel]
         if bl.numel() and bl.min() < 0:
             raise ValueError("blob ids must be >= 0")
         per_img = int(bl.max()) + 1 if bl.numel() else 1
@@ -143,29 +149,42 @@ def compute_blobs(
     return BlobIndex(pixel, blob, blob_label, blob_image, m)
 
 
-def consensus_loss_terms(logits: torch.Tensor, index: BlobIndex) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def consensus_loss_terms(
+    logits: torch.Tensor, index: BlobIndex, stable: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-blob terms of Eq. 8: ``(label_term, consensus_term, blob_size)``, each of shape M.
 
     label_term = KL(y || p_c) = -log p_c[y_c]; consensus_term = 1/|c| sum_s KL(p_c || p(s)),
     with p_c = mean of the softmax over the blob (Eq. 6). The consensus term is computed in
     closed form per blob, sum_k p_c,k (log p_c,k - mean_s log p_k(s)), so no per-pixel gather is
-    needed; log p_c is a scatter log-sum-exp, finite even when probabilities underflow.
+    needed: two ``index_add`` of p and log p give every blob's statistics. log p_c is the log of
+    that sum; if a blob's probabilities underflow (logit gaps > ~70) a max-shifted scatter
+    log-sum-exp is used instead (``stable=None`` decides automatically), so the loss stays finite.
     """
     b, k, h, w = logits.shape
     x = logits if logits.dtype == torch.float64 else logits.float()
     logp = F.log_softmax(x, dim=1).permute(0, 2, 3, 1).reshape(-1, k)
-    logp = logp[index.pixel]
+    if index.pixel is not None:
+        logp = logp[index.pixel]
     m = index.num_blobs
     ids = index.blob
     count = torch.bincount(ids, minlength=m).to(logp.dtype)
-    # stable log of the blob mean probability: max shift (no gradient needed through the max)
-    with torch.no_grad():
-        shift = torch.full((m, k), -torch.inf, dtype=logp.dtype, device=logp.device)
-        shift = shift.scatter_reduce(0, ids[:, None].expand(-1, k), logp, "amax")
-    sum_exp = torch.zeros((m, k), dtype=logp.dtype, device=logp.device).index_add(0, ids, torch.exp(logp - shift[ids]))
-    log_mean = shift + torch.log(sum_exp) - torch.log(count)[:, None]
+    zeros = torch.zeros((m, k), dtype=logp.dtype, device=logp.device)
+    sum_p = zeros.index_add(0, ids, torch.exp(logp))
+    sum_logp = zeros.index_add(0, ids, logp)
+    tiny = 1e-30 if logp.dtype != torch.float64 else 1e-300
+    if stable is None:
+        stable = bool((sum_p.detach() < tiny).any())
+    if not stable:
+        log_mean = torch.log(sum_p) - torch.log(count)[:, None]
+    else:  # max shift per blob and class (no gradient needed through the max)
+        with torch.no_grad():
+            shift = torch.full((m, k), -torch.inf, dtype=logp.dtype, device=logp.device)
+            shift = shift.scatter_reduce(0, ids[:, None].expand(-1, k), logp, "amax")
+        sum_exp = torch.zeros_like(shift).index_add(0, ids, torch.exp(logp - shift[ids]))
+        log_mean = shift + torch.log(sum_exp) - torch.log(count)[:, None]
     label_term = -log_mean.gather(1, index.blob_label[:, None]).squeeze(1)
-    mean_logp = torch.zeros((m, k), dtype=logp.dtype, device=logp.device).index_add(0, ids, logp) / count[:, None]
+    mean_logp = sum_logp / count[:, None]
     consensus_term = (torch.exp(log_mean) * (log_mean - mean_logp)).sum(1)
     return label_term, consensus_term, count
 
