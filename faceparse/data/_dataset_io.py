@@ -103,3 +103,31 @@ def check_label_values(mask: np.ndarray, num_classes: int, path: str | os.PathLi
 def read_split_names(path: str | os.PathLike, what: str) -> list[str]:
     p = require_file(path, what)
     return [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+
+
+def pairs_to_permutation(n: int, pairs) -> np.ndarray:
+    """Landmark mirror permutation of ``n`` points from ``(left, right)`` index pairs."""
+    perm = np.arange(n, dtype=np.int64)
+    for a, b in pairs:
+        perm[a], perm[b] = b, a
+    return perm
+
+
+def int_size(size) -> int | None:
+    """The side of a square ``image_size`` (int or (h, w)), or None."""
+    if size is None:
+        return None
+    return int(size) if isinstance(size, int) else int(size[0])
+
+
+def summarise_problems(problems: list[str], where: str, limit: int = 10) -> str:
+    """One message listing the first ``limit`` problems found while indexing a dataset."""
+    head = "\n  ".join(problems[:limit])
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return f"{len(problems)} problem(s) in {where}:\n  {head}{more}"
+
+
+def raise_if_problems(problems: list[str], where: str, strict: bool) -> None:
+    """In strict mode, raise one :class:`FaceParseError` listing every problem found."""
+    if strict and problems:
+        raise FaceParseError(summarise_problems(problems, where))

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from ..labels import LabelSet, get_label_set
+from ..labels import LabelSet
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
 _TENSOR_DTYPES = {

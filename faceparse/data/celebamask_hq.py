@@ -40,7 +40,7 @@ from faceparse.errors import FaceParseError
 from faceparse.labels import LabelSet, get_label_set
 from faceparse.registry import DATASETS
 
-from ._dataset_io import check_label_values, read_gray, read_rgb, require_dir, require_file
+from ._dataset_io import check_label_values, raise_if_problems, read_gray, read_rgb, require_dir, require_file
 from .base import FaceDataset
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -193,10 +193,7 @@ class CelebAMaskHQ(FaceDataset):
                 ok = False
             if ok:
                 self.ids.append(i)
-        if strict and self.problems:
-            from .lapa import _summarise
-
-            raise FaceParseError(_summarise(self.problems, f"CelebAMask-HQ {split} at '{root_p}'"))
+        raise_if_problems(self.problems, f"CelebAMask-HQ {split} at '{root_p}'", strict)
         self.cache = bool(cache) and layout == "parts"
         self.cache_dir = Path(cache_dir) if cache_dir else root_p / ".faceparse_cache" / self.label_set.name
         self._bisenet_lut: np.ndarray | None = None

@@ -34,17 +34,25 @@ from faceparse.errors import FaceParseError
 from faceparse.labels import get_label_set
 from faceparse.registry import DATASETS
 
-from ._dataset_io import IGNORE_INDEX, check_same_size, read_gray, require_dir, require_file
+from ._dataset_io import (
+    IGNORE_INDEX,
+    check_same_size,
+    int_size,
+    pairs_to_permutation,
+    raise_if_problems,
+    read_gray,
+    require_dir,
+    require_file,
+)
 from .align import FLIP_5, maybe_align
 from .base import FaceDataset
-from .lapa import _int_size, _pairs_to_perm
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 # 29-point COFW (LFPW) layout mirror pairs: brow corners 0<->1, 2<->3, brow tops 4<->6, 5<->7,
 # eye corners 8<->9, 10<->11, lids 12<->14, 13<->15, pupils 16<->17, nose wings 18<->19,
 # mouth corners 22<->23; nose tip 20, 21 and lips / chin 24..28 on the axis.
 # Source: the COFW keypoint metadata of MMPose (configs/_base_/datasets/cofw.py, "swap" fields).
-COFW_FLIP_29 = _pairs_to_perm(
+COFW_FLIP_29 = pairs_to_permutation(
     29, [(0, 1), (2, 3), (4, 6), (5, 7), (8, 9), (10, 11), (12, 14), (13, 15), (16, 17), (18, 19), (22, 23)]
 )
 
@@ -208,10 +216,7 @@ class COFWDataset(FaceDataset):
                         f"missing face mask '{mdir / name}' for test face {i + 1} (pattern {mask_pattern!r})"
                     )
             self.indices = keep
-        if strict and self.problems:
-            from .lapa import _summarise
-
-            raise FaceParseError(_summarise(self.problems, f"COFW {split} at '{self.root}'"))
+        raise_if_problems(self.problems, f"COFW {split} at '{self.root}'", strict)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -254,7 +259,7 @@ class COFWDataset(FaceDataset):
             raw,
             five,
             self.align,
-            self.align_size or _int_size(self.image_size),
+            self.align_size or int_size(self.image_size),
             self.align_scale,
             f"{self.mat.path} #{i + 1}",
         )

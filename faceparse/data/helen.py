@@ -32,16 +32,25 @@ from faceparse.errors import FaceParseError
 from faceparse.labels import get_label_set
 from faceparse.registry import DATASETS
 
-from ._dataset_io import check_label_values, check_same_size, read_gray, read_rgb, require_dir, require_file
+from ._dataset_io import (
+    check_label_values,
+    check_same_size,
+    int_size,
+    pairs_to_permutation,
+    raise_if_problems,
+    read_gray,
+    read_rgb,
+    require_dir,
+    require_file,
+)
 from .align import FLIP_5, crop_sample, maybe_align, square_box
 from .base import FaceDataset
-from .lapa import _int_size, _pairs_to_perm, _summarise
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 # Mirror permutation of the 68-point iBUG/300-W layout: jaw 0..16 reversed, brows 17..21 <-> 26..22,
 # nose bridge 27..30 on the axis, nostrils 31..35 reversed, eyes 36..41 <-> 45..42/47..46,
 # outer mouth 48..54 reversed (51 on the axis), 55..59 reversed, inner mouth 60..64 reversed, 65 <-> 67.
-FLIP_68 = _pairs_to_perm(
+FLIP_68 = pairs_to_permutation(
     68,
     [(i, 16 - i) for i in range(8)]
     + [(17 + i, 26 - i) for i in range(5)]
@@ -204,8 +213,7 @@ class HelenDataset(FaceDataset):
                 )
         if not self.names and not self.problems:
             self.problems.append(f"no faces found for split '{split}' in '{base}'")
-        if strict and self.problems:
-            raise FaceParseError(_summarise(self.problems, f"Helen {split} at '{base}'"))
+        raise_if_problems(self.problems, f"Helen {split} at '{base}'", strict)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -257,5 +265,5 @@ class HelenDataset(FaceDataset):
                 left, top = raw["meta"]["crop_box"][:2]
                 five = five - np.array([left, top], np.float32)
         return maybe_align(
-            raw, five, self.align, self.align_size or _int_size(self.image_size), self.align_scale, str(img_path)
+            raw, five, self.align, self.align_size or int_size(self.image_size), self.align_scale, str(img_path)
         )

@@ -23,18 +23,19 @@ from faceparse.errors import FaceParseError
 from faceparse.labels import get_label_set
 from faceparse.registry import DATASETS
 
-from ._dataset_io import check_label_values, check_same_size, read_gray, read_rgb, require_dir
+from ._dataset_io import (
+    check_label_values,
+    check_same_size,
+    int_size,
+    pairs_to_permutation,
+    raise_if_problems,
+    read_gray,
+    read_rgb,
+    require_dir,
+)
 from .align import FLIP_5, maybe_align
 from .base import FaceDataset
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
-
-
-def _pairs_to_perm(n: int, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
-    perm = np.arange(n, dtype=np.int64)
-    for a, b in pairs:
-        perm[a], perm[b] = b, a
-    return perm
-
 
 # Mirror pairs of the 106-point layout of LaPa (the JD 106-point scheme): contour 0..32 reversed,
 # upper brows 33..37 <-> 46..42, lower brows 38..41 <-> 50..47, nose bridge 51..54 on the axis,
@@ -53,7 +54,7 @@ _LAPA_PAIRS = (
     + [(71 + i, 82 - i) for i in range(3)]
     + [(74, 83), (84, 90), (85, 89), (86, 88), (91, 95), (92, 94), (96, 100), (97, 99), (101, 103), (104, 105)]
 )
-LAPA_FLIP_106 = _pairs_to_perm(106, _LAPA_PAIRS)
+LAPA_FLIP_106 = pairs_to_permutation(106, _LAPA_PAIRS)
 
 
 def lapa_five_points(lmk106: np.ndarray) -> np.ndarray:
@@ -150,8 +151,7 @@ class LaPaDataset(FaceDataset):
             self.problems.append(f"missing image '{img_dir / (stem + '.jpg')}' for label '{lbl_dir / (stem + '.png')}'")
         if not self.names and not self.problems:
             self.problems.append(f"no images '*.jpg' found in '{img_dir}'")
-        if strict and self.problems:
-            raise FaceParseError(_summarise(self.problems, f"LaPa {split} at '{self.root}'"))
+        raise_if_problems(self.problems, f"LaPa {split} at '{self.root}'", strict)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -174,17 +174,5 @@ class LaPaDataset(FaceDataset):
             "meta": {"name": name, "image_file": str(img_path), "label_file": str(lbl_path)},
         }
         return maybe_align(
-            raw, five, self.align, self.align_size or _int_size(self.image_size), self.align_scale, str(img_path)
+            raw, five, self.align, self.align_size or int_size(self.image_size), self.align_scale, str(img_path)
         )
-
-
-def _int_size(size: Any) -> int | None:
-    if size is None:
-        return None
-    return int(size) if isinstance(size, int) else int(size[0])
-
-
-def _summarise(problems: list[str], where: str, limit: int = 10) -> str:
-    head = "\n  ".join(problems[:limit])
-    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
-    return f"{len(problems)} problem(s) in {where}:\n  {head}{more}"

@@ -26,9 +26,8 @@ from faceparse.errors import FaceParseError
 from faceparse.labels import get_label_set
 from faceparse.registry import DATASETS
 
-from ._dataset_io import check_same_size, read_rgb, read_rgb_labels, require_dir, require_file
+from ._dataset_io import check_same_size, raise_if_problems, read_rgb, read_rgb_labels, require_dir, require_file
 from .base import FaceDataset
-from .lapa import _summarise
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SPLIT_FILES = {"train": "parts_train.txt", "val": "parts_validation.txt", "test": "parts_test.txt"}
@@ -137,8 +136,7 @@ class PartLabelsDataset(FaceDataset):
                     ok = False
             if ok:
                 self.items.append((person, stem))
-        if strict and self.problems:
-            raise FaceParseError(_summarise(self.problems, f"Part Labels {split} at '{self.root}'"))
+        raise_if_problems(self.problems, f"Part Labels {split} at '{self.root}'", strict)
 
     def __len__(self) -> int:
         return len(self.items)
