@@ -4,7 +4,7 @@ PIP := $(PYTHON) -m pip
 TEST_EXTRAS := dev,onnx,clip,sam,examples
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install install-test demo test test-all lint format
+.PHONY: install install-test demo test test-all lint format docs
 
 # Installs the package (editable) with its dependencies unless they are already importable.
 install:
@@ -31,3 +31,8 @@ lint: install-test
 format:
 	$(PYTHON) -m ruff format faceparse tests benchmarks
 	$(PYTHON) -m ruff check --fix faceparse tests benchmarks
+
+# Builds the documentation site into site/ (offline; installs the docs extra if needed).
+docs: install
+	@$(PYTHON) -c "import mkdocs, mkdocstrings" 2>/dev/null || $(PIP) install -e ".[docs]"
+	$(PYTHON) -m mkdocs build --strict -d site
