@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import FaceParseError
+from .errors import FaceParseError, require
 from .labels import LabelSet
 from .models.base import FaceParsingModel, load_model
 from .viz import overlay
@@ -116,10 +116,9 @@ class FaceDetector:
             if self.backend == "opencv":
                 self._impl = cv2.CascadeClassifier(self.opencv_cascade_path())
             else:
-                from skimage.data import lbp_frontal_face_cascade_filename
-                from skimage.feature import Cascade
-
-                self._impl = Cascade(lbp_frontal_face_cascade_filename())
+                skdata = require("skimage.data", "examples")
+                skfeature = require("skimage.feature", "examples")
+                self._impl = skfeature.Cascade(skdata.lbp_frontal_face_cascade_filename())
         return self._impl
 
     def __call__(self, image: np.ndarray) -> list[Box]:
