@@ -188,7 +188,7 @@ class OcclusionPromptTask(pl.LightningModule):
                 self.model, x, ref, regions, self.hparams.per_image_steps, self.hparams.per_image_lr, self.loss
             )
             self.per_image_curves.append(curve)
-            loss = torch.tensor(curve[-1])
+            loss = torch.tensor(curve[-1], device=logits.device)
         else:
             out = self.model.forward_train(x, ref, regions)
             logits, loss = out["logits"], self.loss(out, batch)["loss"]
@@ -203,6 +203,9 @@ class OcclusionPromptTask(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.log("val/occlusion_iou", self.val_iou.compute(), prog_bar=True)
         self.val_iou.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.per_image_curves = []
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval(batch, self.test_iou, "test", per_image=self.hparams.per_image_steps > 0)
