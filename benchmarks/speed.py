@@ -4,7 +4,7 @@ Examples::
 
     python benchmarks/speed.py --models '*' --repeats 3
     python benchmarks/speed.py --models 'unet,segface_*' --size 256
-    python benchmarks/speed.py --models 'segface_mobilenet_v3_large' --variants eager,inference_mode,channels_last,compile
+    python benchmarks/speed.py --models 'segface_mobilenet_v3_large' --variants eager,inference_mode,channels_last,sdpa_math,compile
 
 Results: benchmarks/results/speed[_TAG]_<date>.md and .csv.
 """

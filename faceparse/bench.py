@@ -26,6 +26,7 @@ replaces the model-zoo table between ``<!-- zoo-table:start -->`` and ``<!-- zoo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import gc
@@ -36,7 +37,7 @@ import statistics
 import sys
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ from .registry import COMMANDS, MODELS
 DOCS_START = "<!-- zoo-table:start -->"
 DOCS_END = "<!-- zoo-table:end -->"
 
-VARIANTS = ("eager", "inference_mode", "channels_last", "compile")
+VARIANTS = ("eager", "inference_mode", "channels_last", "sdpa_math", "compile")
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,6 +187,29 @@ def build_for_bench(name: str, **kwargs: Any) -> torch.nn.Module:
     return faceparse.build_model(name, **kwargs).eval()
 
 
+def meta_count(name: str, size: int, model_kwargs: dict[str, Any] | None = None) -> tuple[int | None, int | None]:
+    """Parameters and batch-1 FLOPs of ``name`` built on the ``meta`` device (no memory, no compute).
+
+    Either is ``None`` when the model cannot be built or run on the meta device (constructors or
+    forwards that read tensor values).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.device("meta"):
+            model = build_for_bench(name, **(model_kwargs or {}))
+    except Exception:  # noqa: BLE001
+        return None, None
+    params = count_parameters(model)
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.inference_mode(), counter:
+            model(torch.empty(1, 3, size, size, device="meta"))
+        return params, int(counter.get_total_flops())
+    except Exception:  # noqa: BLE001
+        return params, None
+
+
 def bench_model(
     name: str,
     size: int | None = None,
@@ -196,24 +220,39 @@ def bench_model(
     cuda: bool = False,
     cuda_dtype: str = "bf16",
     model_kwargs: dict[str, Any] | None = None,
+    max_gflops: float | None = None,
+    skip_timing: str | None = None,
 ) -> dict[str, Any]:
     """Measure one registered model; returns a row of the results table (see module docs).
 
     The first batch-1 call counts FLOPs and tracks memory and serves as warm-up (``warmup - 1``
     more untimed calls follow); the first batch-``batch`` call tracks memory and serves as its
-    warm-up. Failures are reported in the row's ``error`` field instead of raised.
+    warm-up. Batch ``batch`` is skipped when ``batch x`` the batch-1 median exceeds ``budget_s``.
+    Timing is skipped (parameters and FLOPs still counted, on the meta device) when
+    ``skip_timing`` gives a reason or the model needs more than ``max_gflops`` per image.
+    Failures are reported in the row's ``error`` field instead of raised.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     row: dict[str, Any] = {"model": name}
+    notes: list[str] = []
     try:
         s = model_input_size(name, size)
         row["input_size"] = s
+        if skip_timing or max_gflops:
+            params, flops = meta_count(name, s, model_kwargs)
+            too_big = flops is not None and max_gflops and flops / 1e9 > max_gflops
+            if skip_timing or too_big:
+                if params is None:
+                    params = count_parameters(build_for_bench(name, **(model_kwargs or {})))
+                row["params_m"] = params / 1e6
+                row["gflops"] = None if flops is None else flops / 1e9
+                row["note"] = skip_timing or f"timing skipped: {flops / 1e9:.1f} GFLOPs > --max-gflops {max_gflops:g}"
+                return row
         model = build_for_bench(name, **(model_kwargs or {}))
         row["params_m"] = count_parameters(model) / 1e6
         wbytes = parameter_bytes(model)
         x1 = torch.randn(1, 3, s, s)
-        xb = torch.randn(batch, 3, s, s)
         with torch.inference_mode():
             counter, mem = FlopCounterMode(display=False), PeakMemory()
             with counter, mem:
@@ -222,20 +261,28 @@ def bench_model(
             row["gflops"] = flops / 1e9
             row["peak_mem_b1_mib"] = (wbytes + mem.peak) / 2**20
             t1 = time_call(lambda: model(x1), repeats, max(warmup - 1, 0), budget_s)
-            mem = PeakMemory()
-            with mem:
-                model(xb)
-            row["peak_mem_b8_mib"] = (wbytes + mem.peak) / 2**20
-            tb = time_call(lambda: model(xb), repeats, 0, budget_s)
-        row["latency_b1_ms"] = statistics.median(t1) * 1e3
-        row["throughput_b8_ips"] = batch / statistics.median(tb)
-        row["runs_b1"] = len(t1)
-        row["runs_b8"] = len(tb)
-        row["achieved_gflops_s"] = flops * batch / statistics.median(tb) / 1e9
+            row["latency_b1_ms"] = statistics.median(t1) * 1e3
+            row["runs_b1"] = len(t1)
+            row["achieved_gflops_s"] = flops / statistics.median(t1) / 1e9
+            estimate = statistics.median(t1) * batch
+            if budget_s is not None and estimate > budget_s:
+                notes.append(f"batch {batch} skipped (about {estimate:.0f} s a call > budget {budget_s:.0f} s)")
+            else:
+                xb = torch.randn(batch, 3, s, s)
+                mem = PeakMemory()
+                with mem:
+                    model(xb)
+                row["peak_mem_b8_mib"] = (wbytes + mem.peak) / 2**20
+                tb = time_call(lambda: model(xb), repeats, 0, budget_s)
+                row["throughput_b8_ips"] = batch / statistics.median(tb)
+                row["runs_b8"] = len(tb)
+                row["achieved_gflops_s"] = flops * batch / statistics.median(tb) / 1e9
         if cuda and torch.cuda.is_available():
             row.update(_bench_cuda(model, s, batch, repeats, warmup, cuda_dtype))
     except Exception as exc:  # noqa: BLE001 - a failing model is reported, not fatal
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    if notes:
+        row["note"] = "; ".join(notes)
     return row
 
 
@@ -274,7 +321,9 @@ def bench_variants(
     """Time inference variants of one model in one process; speed-up = ``eager / variant``.
 
     Variants: ``eager`` (``torch.no_grad``, NCHW: the baseline), ``inference_mode``,
-    ``channels_last`` (inference mode + channels_last weights and input), ``compile``
+    ``channels_last`` (inference mode + channels_last weights and input), ``sdpa_math``
+    (inference mode with ``scaled_dot_product_attention`` restricted to its unfused math kernel:
+    shows what the fused kernels bring to models that use SDPA), ``compile``
     (inference mode + ``torch.compile``; the first call's compile time is reported separately).
     The max abs difference of each variant's logits from the first variant's is recorded.
     """
@@ -293,6 +342,8 @@ def bench_variants(
             try:
                 if v == "eager":
                     ctx = torch.no_grad
+                elif v == "sdpa_math":
+                    ctx = _math_sdpa
                 elif v == "channels_last":
                     m = model.to(memory_format=torch.channels_last)
                     xin = x.contiguous(memory_format=torch.channels_last)
@@ -324,6 +375,14 @@ def bench_variants(
     return row
 
 
+@contextlib.contextmanager
+def _math_sdpa() -> Iterator[None]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with torch.inference_mode(), sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
 def run_benchmark(
     models: str | Sequence[str] = "*",
     size: int | None = None,
@@ -334,9 +393,15 @@ def run_benchmark(
     cuda: bool = False,
     cuda_dtype: str = "bf16",
     progress: bool = True,
+    max_gflops: float | None = None,
+    skip: str = "",
 ) -> list[dict[str, Any]]:
-    """Benchmark every registered model matching ``models`` (shell patterns, comma separated)."""
+    """Benchmark every registered model matching ``models`` (shell patterns, comma separated).
+
+    Models matching ``skip`` (comma-separated patterns) get parameters and FLOPs only.
+    """
     names = resolve_models(models)
+    skipped = set(resolve_models(skip)) if skip else set()
     rows = []
     it: Any = names
     if progress:
@@ -354,6 +419,8 @@ def run_benchmark(
                 budget_s=budget_s,
                 cuda=cuda,
                 cuda_dtype=cuda_dtype,
+                max_gflops=max_gflops,
+                skip_timing="timing skipped (--skip)" if name in skipped else None,
             )
         )
         gc.collect()
@@ -392,6 +459,7 @@ COLUMNS = [
     ("peak_mem_b8_mib", "peak mem b8 (MiB)", "{:.0f}"),
     ("achieved_gflops_s", "achieved GFLOP/s (b8)", "{:.1f}"),
     ("peak_fraction", "% of fp32 matmul peak", "{:.1%}"),
+    ("note", "note", "{}"),
 ]
 CUDA_COLUMNS = [
     ("cuda_latency_b1_ms", "GPU latency b1 (ms)", "{:.2f}"),
@@ -497,6 +565,8 @@ def bench(
     threads: int = 0,
     cuda: bool = False,
     cuda_dtype: str = "bf16",
+    max_gflops: float = 0.0,
+    skip: str = "",
     variants: str = "",
     out_dir: str = "benchmarks/results",
     tag: str = "",
@@ -506,7 +576,7 @@ def bench(
     """Speed benchmark over registered models (``--models 'segface_*,unet*'``).
 
     Models run one after another in this process with ``--threads`` intra-op threads (default:
-    torch's). ``--variants eager,inference_mode,channels_last,compile`` times inference variants instead
+    torch's). ``--variants eager,inference_mode,channels_last,sdpa_math,compile`` times inference variants instead
     and reports speed-ups over the eager baseline. ``--docs docs/models.md`` refreshes the zoo
     table in the docs. Results: ``OUT_DIR/speed[_TAG]_<date>.md`` and ``.csv``.
     """
@@ -551,6 +621,8 @@ def bench(
         budget_s=budget,
         cuda=cuda,
         cuda_dtype=cuda_dtype,
+        max_gflops=max_gflops or None,
+        skip=skip,
     )
     for r in rows:
         if r.get("achieved_gflops_s") is not None:
@@ -565,6 +637,8 @@ def bench(
         f"- load average at end: {load_average()}; total time {elapsed:.0f} s\n"
         f"- memory: parameter + buffer bytes plus the peak of live activation tensors during "
         f"the forward pass (exact count of operator outputs, see faceparse.bench.PeakMemory)\n"
+        f"- achieved FLOP/s: batch-1 FLOPs x batch / median batch time (batch 1 when batch {batch} "
+        f"was skipped by the budget)\n"
         f"- budget: timing of one batch size stops after {budget:.0f} s of timed runs "
         f"(see runs_b1/runs_b8 in the CSV)\n"
     )
@@ -600,5 +674,5 @@ def _docs_table(rows: list[dict[str, Any]], stamp: str) -> str:
             continue
         r.setdefault("paper", md.get("paper", ""))
         r.setdefault("label_set", md.get("label_set", ""))
-    cols = [COLUMNS[0]] + meta_cols + COLUMNS[1:6] + [COLUMNS[9]]
+    cols = [COLUMNS[0]] + meta_cols + COLUMNS[1:6] + COLUMNS[9:11]
     return f"Measured {stamp} (`faceparse bench`):\n\n" + markdown_table(rows, cols)

@@ -117,3 +117,20 @@ def test_update_docs_table_needs_markers(tmp_path):
     p.write_text("no markers")
     with pytest.raises(FaceParseError, match="markers"):
         bench.update_docs_table(p, "| a |")
+
+
+def test_meta_count_matches_real_count_and_skips():
+    params, flops = bench.meta_count("unet", 32, {"encoder": "resnet18"})
+    model = bench.build_for_bench("unet", encoder="resnet18")
+    assert params == sum(p.numel() for p in model.parameters())
+    assert flops == bench.count_flops(model, torch.randn(1, 3, 32, 32))
+    row = bench.bench_model("unet", size=32, model_kwargs={"encoder": "resnet18"}, max_gflops=flops / 1e9 / 2)
+    assert "latency_b1_ms" not in row and "max-gflops" in row["note"] and row["gflops"] == flops / 1e9
+    row = bench.bench_model("unet", size=32, model_kwargs={"encoder": "resnet18"}, skip_timing="too slow here")
+    assert row["note"] == "too slow here" and row["params_m"] == params / 1e6
+
+
+def test_batch_timing_skipped_when_over_budget():
+    row = bench.bench_model("unet", size=32, repeats=1, batch=4, budget_s=1e-9, model_kwargs={"encoder": "resnet18"})
+    assert row["latency_b1_ms"] > 0 and "throughput_b8_ips" not in row
+    assert "batch 4 skipped" in row["note"]
