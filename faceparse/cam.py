@@ -99,12 +99,12 @@ def fcam(
     total = None
     logits_sum, n_pass = 0.0, 0
     for s in scales:
-        hs, ws = (max(p, round(images.shape[-2] * s / p) * p), max(p, round(images.shape[-1] * s / p) * p))
-        x = (
-            images
-            if (hs, ws) == tuple(images.shape[-2:])
-            else F.interpolate(images, size=(hs, ws), mode="bilinear", align_corners=False)
-        )
+        if s == 1.0:
+            x = images  # no resize (and no shape arithmetic, so tracing/export works)
+        else:
+            hs = max(p, round(images.shape[-2] * s / p) * p)
+            ws = max(p, round(images.shape[-1] * s / p) * p)
+            x = F.interpolate(images, size=(hs, ws), mode="bilinear", align_corners=False)
         for flipped in (False, True) if flip else (False,):
             xi = x.flip(-1) if flipped else x
             cam, logits = _single_pass(model, xi, refine, layers, fusion)

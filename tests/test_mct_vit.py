@@ -57,6 +57,8 @@ def test_forward_shapes_train_and_eval(tiny):
     torch.testing.assert_close(out["cls_logits"], out["class_tokens"].mean(-1))
     # dense logits: argmax = sigmoid(P_k) > 0.5 pseudo mask (background logit 0)
     assert torch.all(out["logits"][:, 0] == 0)
+    up = torch.nn.functional.interpolate(out["patch_cam"], size=(32, 32), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out["logits"][:, tiny.fg_index], up)
     for mode in (True, False):
         tiny.train(mode)
         assert tiny(x).shape == (2, 19, 32, 32)

@@ -281,12 +281,14 @@ class MCTViT(FaceParsingModel):
         cls, patches, _ = self.forward_features(x)
         return self._heads(cls, patches)
 
-    def _to_label_set(self, fg_scores: torch.Tensor, bg_score: float | torch.Tensor) -> torch.Tensor:
+    def _to_label_set(self, fg_scores: torch.Tensor, bg_score: float) -> torch.Tensor:
         b, _, h, w = fg_scores.shape
-        out = fg_scores.new_empty(b, self.label_set.num_classes, h, w)
-        out[:, self.fg_index] = fg_scores
-        out[:, self.label_set.background] = bg_score
-        return out
+        bg = torch.full((b, 1, h, w), float(bg_score), dtype=fg_scores.dtype, device=fg_scores.device)
+        # channel order [bg, fg...] -> label-set order (export-friendly: no in-place scatter)
+        order = [0] * self.label_set.num_classes
+        for j, c in enumerate(self.fg_index):
+            order[c] = j + 1
+        return torch.cat([bg, fg_scores], dim=1)[:, order]
 
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Image-level outputs plus a cheap dense ``logits``: the patch CAM upsampled with a zero
