@@ -27,6 +27,7 @@ replaces the model-zoo table between ``<!-- zoo-table:start -->`` and ``<!-- zoo
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import datetime as _dt
 import gc
@@ -325,7 +326,9 @@ def bench_variants(
     (inference mode with ``scaled_dot_product_attention`` restricted to its unfused math kernel:
     shows what the fused kernels bring to models that use SDPA), ``compile``
     (inference mode + ``torch.compile``; the first call's compile time is reported separately).
-    The max abs difference of each variant's logits from the first variant's is recorded.
+    Timing runs in interleaved rounds (each variant once per round, ``repeats`` rounds) so load
+    changes on a shared machine affect all variants alike. The max abs difference of each
+    variant's logits from the first variant's is recorded.
     """
     row: dict[str, Any] = {"model": name}
     try:
@@ -334,38 +337,43 @@ def bench_variants(
         row["batch"] = batch
         model = build_for_bench(name, **(model_kwargs or {}))
         x = torch.randn(batch, 3, s, s)
+        runners: dict[str, Callable[[], torch.Tensor]] = {}
         ref = None
         for v in variants:
             if v not in VARIANTS:
                 raise FaceParseError(f"unknown variant '{v}'; expected one of {', '.join(VARIANTS)}")
-            m, xin, ctx = model, x, torch.inference_mode
             try:
-                if v == "eager":
-                    ctx = torch.no_grad
-                elif v == "sdpa_math":
-                    ctx = _math_sdpa
-                elif v == "channels_last":
-                    m = model.to(memory_format=torch.channels_last)
-                    xin = x.contiguous(memory_format=torch.channels_last)
-                elif v == "compile":
-                    m = torch.compile(model)
-                    t0 = time.perf_counter()
-                    with torch.inference_mode():
-                        m(xin)
+                fn = _variant_runner(v, model, x)
+                t0 = time.perf_counter()
+                out = fn()  # first call: compiles for "compile"
+                if v == "compile":
                     row["compile_s"] = time.perf_counter() - t0
-                with ctx():
-                    out = m(xin)
-                    times = time_call(lambda m=m, xin=xin: m(xin), repeats, warmup, budget_s)
                 if ref is None:
                     ref = out.float().clone()
                 else:
                     row[f"{v}_maxdiff"] = float((out.float() - ref).abs().max())
-                row[f"{v}_ms"] = statistics.median(times) * 1e3
+                runners[v] = fn
             except Exception as exc:  # noqa: BLE001
                 row[f"{v}_ms"] = None
                 row[f"{v}_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
-            finally:
-                model.to(memory_format=torch.contiguous_format)
+        for fn in runners.values():
+            for _ in range(max(warmup, 0)):
+                fn()
+        # interleaved rounds: every variant once per round, so drifting machine load hits all alike
+        times: dict[str, list[float]] = {v: [] for v in runners}
+        spent = 0.0
+        for _ in range(max(repeats, 1)):
+            for v, fn in runners.items():
+                t0 = time.perf_counter()
+                fn()
+                dt = time.perf_counter() - t0
+                times[v].append(dt)
+                spent += dt
+            if budget_s is not None and spent >= budget_s * max(len(runners), 1):
+                break
+        for v, ts in times.items():
+            row[f"{v}_ms"] = statistics.median(ts) * 1e3
+        row["rounds"] = min((len(ts) for ts in times.values()), default=0)
         base = row.get("eager_ms") or row.get(f"{variants[0]}_ms")
         for v in variants:
             if row.get(f"{v}_ms") and base:
@@ -373,6 +381,27 @@ def bench_variants(
     except Exception as exc:  # noqa: BLE001
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
     return row
+
+
+def _variant_runner(v: str, model: torch.nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A no-argument callable running one forward pass of ``model`` as variant ``v``."""
+    if v == "eager":
+        return lambda: _run_in(torch.no_grad, model, x)
+    if v == "inference_mode":
+        return lambda: _run_in(torch.inference_mode, model, x)
+    if v == "sdpa_math":
+        return lambda: _run_in(_math_sdpa, model, x)
+    if v == "channels_last":
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        xcl = x.contiguous(memory_format=torch.channels_last)
+        return lambda: _run_in(torch.inference_mode, cl, xcl)
+    compiled = torch.compile(model)
+    return lambda: _run_in(torch.inference_mode, compiled, x)
+
+
+def _run_in(ctx: Callable[[], Any], model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    with ctx():
+        return model(x)
 
 
 @contextlib.contextmanager
