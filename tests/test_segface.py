@@ -108,6 +108,13 @@ def test_backbone_weights_from_local_torchvision_file(tmp_path):
         SegFace(backbone="mobilenet_v3_large", backbone_weights=str(tmp_path / "missing.pth"))
 
 
+def test_bn_momentum_override_reaches_every_backbone_norm():
+    model = SegFace(backbone="mobilenet_v3_large", bn_momentum=0.1)
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.1 for m in norms)
+    assert SegFace(backbone="mobilenet_v3_large").backbone[1].block[0][1].momentum == 0.01  # torchvision's
+
+
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(FaceParseError, match="unknown SegFace backbone 'vgg'.*mobilenet_v3_large"):
         SegFace(backbone="vgg")

@@ -285,6 +285,10 @@ class SegFace(FaceParsingModel):
         dim: decoder width (paper 256). depth / num_heads / mlp_dim: transformer settings (2 / 8 / 2048).
         backbone_weights: optional local file with torchvision ImageNet weights of the backbone (the
             full torchvision state dict, e.g. ``swin_b-68c6b09e.pth``); nothing is downloaded.
+        bn_momentum: override the momentum of the backbone's BatchNorm layers. torchvision's
+            MobileNetV3 uses 0.01, fine when fine-tuning ImageNet weights but too slow for short
+            training from scratch, where eval-mode running statistics then still reflect the
+            first steps; 0.1 (PyTorch's default) suits that case. ``None`` keeps torchvision's.
     """
 
     # TorchScript: skip the Python-only attributes of FaceParsingModel, and do not inherit its class
@@ -303,6 +307,7 @@ class SegFace(FaceParsingModel):
         num_heads: int = 8,
         mlp_dim: int = 2048,
         backbone_weights: str | None = None,
+        bn_momentum: float | None = None,
     ) -> None:
         super().__init__()
         self.backbone_name = canonical_backbone(backbone)
@@ -315,6 +320,10 @@ class SegFace(FaceParsingModel):
         self.backbone = build_backbone(self.backbone_name)
         if backbone_weights is not None:
             self.load_backbone_weights(backbone_weights)
+        if bn_momentum is not None:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = bn_momentum
         # Multi-scale fusion (per-level linear, upsample to stride 4, concat deepest first, 1x1 conv).
         self.level_proj = nn.ModuleList(nn.Linear(c, dim) for c in spec.channels)
         self.fuse = nn.Conv2d(dim * len(spec.channels), dim, kernel_size=1, bias=False)
