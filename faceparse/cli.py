@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=16)
     demo.add_argument("--lr", type=float, default=2e-3)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=True, help="class-balanced CE weights")
 
     pred = sub.add_parser("predict", help="parse images; writes <stem>_labels.png and <stem>_overlay.png")
     pred.add_argument("images", nargs="+")

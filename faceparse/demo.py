@@ -26,11 +26,13 @@ def run_demo(
     batch_size: int = 16,
     lr: float = 2e-3,
     seed: int = 0,
+    balanced: bool = True,
 ) -> dict:
     """Train ``model`` on synthetic faces and write ``model/``, ``overlay.png``, ``metrics.json``."""
     import pytorch_lightning as pl
 
     from .data import FaceParsingDataModule
+    from .data.stats import balanced_class_weights, class_pixel_frequencies
     from .models.smp_zoo import _ARCHS
     from .tasks import SegmentationTask
 
@@ -51,7 +53,21 @@ def run_demo(
         model_kwargs["encoder"] = encoder
         if model == "unet":  # a lighter decoder than smp's default (256..16): same accuracy here, ~2x faster on CPU
             model_kwargs["arch_kwargs"] = {"decoder_channels": [128, 64, 32, 16, 16]}
-    task = SegmentationTask(model, loss="ce_dice", label_set="celebamask_hq", model_kwargs=model_kwargs, lr=lr, weight_decay=1e-4, scheduler="cosine", warmup_steps=50)
+    loss_kwargs = {}
+    if balanced:  # median-frequency class weights in the CE term lift the rare classes early
+        freq = class_pixel_frequencies(dm.build("train"), progress=True)
+        loss_kwargs["class_weights"] = balanced_class_weights(freq)
+    task = SegmentationTask(
+        model,
+        loss="ce_dice",
+        label_set="celebamask_hq",
+        model_kwargs=model_kwargs,
+        loss_kwargs=loss_kwargs,
+        lr=lr,
+        weight_decay=1e-4,
+        scheduler="cosine",
+        warmup_steps=50,
+    )
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
@@ -87,6 +103,8 @@ def run_demo(
         "epochs": epochs,
         "num_train": num_train,
         "num_val": num_val,
+        "batch_size": batch_size,
+        "balanced": balanced,
         "mean_f1": float(result["mean_f1"]),
         "miou": float(result["miou"]),
         "pixel_acc": float(result["pixel_acc"]),

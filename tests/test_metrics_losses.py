@@ -92,3 +92,27 @@ def test_ce_dice_losses():
     assert torch.isfinite(logits.grad).all()
     aux = faceparse.build_loss("ce_dice")({"logits": logits, "aux_logits": logits[..., ::2, ::2]}, batch)
     assert float(aux["loss"]) > float(out["loss"])
+
+
+def test_class_frequencies_and_balanced_weights():
+    from faceparse.data.stats import balanced_class_weights, class_pixel_frequencies
+
+    ds = faceparse.build_dataset("synthetic", split="val", num_samples=6, image_size=32)
+    freq = class_pixel_frequencies(ds)
+    masks = np.stack([ds.load_raw(i)["mask"] for i in range(6)])
+    np.testing.assert_allclose(freq, np.bincount(masks.ravel(), minlength=19) / masks.size)
+    w = balanced_class_weights(np.array([0.4, 0.25, 0.2, 0.1, 0.05, 0.0]), power=1.0, max_weight=3.0)
+    assert w[2] == pytest.approx(1.0)  # the median of the classes that occur
+    assert w[0] == pytest.approx(0.5) and w[3] == pytest.approx(2.0)
+    assert w[4] == pytest.approx(3.0) and w[5] == 3.0  # clipped / never seen
+
+
+def test_ce_dice_class_weights_change_the_ce_term():
+    logits = torch.randn(1, 3, 4, 4)
+    batch = {"mask": torch.randint(0, 3, (1, 4, 4))}
+    plain = faceparse.build_loss("ce_dice")(logits, batch)
+    weighted = faceparse.build_loss("ce_dice", class_weights=[1.0, 1.0, 1.0])(logits, batch)
+    assert float(weighted["ce"]) == pytest.approx(float(plain["ce"]))
+    skewed = faceparse.build_loss("ce_dice", class_weights=[0.1, 5.0, 1.0])(logits, batch)
+    ref = torch.nn.functional.cross_entropy(logits, batch["mask"], weight=torch.tensor([0.1, 5.0, 1.0]))
+    assert float(skewed["ce"]) == pytest.approx(float(ref), rel=1e-5)

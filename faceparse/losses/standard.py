@@ -48,14 +48,23 @@ class DiceLoss(nn.Module):
 class CEDiceLoss(nn.Module):
     """Weighted sum of cross-entropy and Dice; the defaults are SegFace's (0.5 CE + 0.5 Dice).
 
+    ``class_weights`` weight the cross-entropy term per class (see
+    :func:`faceparse.data.stats.balanced_class_weights`).
     If the outputs carry auxiliary logits (``aux_logits`` or any ``aux_*`` tensor), they add
     ``aux_weight`` times the same loss.
     """
 
-    def __init__(self, ce_weight: float = 0.5, dice_weight: float = 0.5, aux_weight: float = 0.4, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self,
+        ce_weight: float = 0.5,
+        dice_weight: float = 0.5,
+        aux_weight: float = 0.4,
+        ignore_index: int = IGNORE_INDEX,
+        class_weights: list[float] | None = None,
+    ) -> None:
         super().__init__()
         self.ce_weight, self.dice_weight, self.aux_weight = ce_weight, dice_weight, aux_weight
-        self.ce = CrossEntropyLoss(ignore_index)
+        self.ce = CrossEntropyLoss(ignore_index, class_weights)
         self.dice = DiceLoss(ignore_index)
 
     def _one(self, logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
