@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import gc
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     md.write_text(
         f"# ONNX export status\n\n- date: {stamp}\n- machine: {machine_description()}\n"
         f"- load average: {load_average()} (shared CPU)\n"
-        f"- command: `python {' '.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])}`\n"
+        f"- command: `python {shlex.join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])}`\n"
         "- tiny builds (registry metadata `tiny`), random weights, parity on a batch of 3 (traced with 2)\n\n"
         + markdown_table(rows, cols + [("seconds", "seconds", "{:.0f}"), ("onnx_mb", "ONNX MiB", "{:.0f}")])
         + "\n"
