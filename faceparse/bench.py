@@ -34,6 +34,7 @@ import gc
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -613,8 +614,8 @@ def bench(
         torch.set_num_threads(threads)
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = "faceparse bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""
-    cmd = cmd or "python " + " ".join(sys.argv)
+    cmd = "faceparse bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""
+    cmd = cmd or "python " + shlex.join(sys.argv)
     load0 = load_average()
     t0 = time.perf_counter()
     names = resolve_models(models)
