@@ -295,13 +295,16 @@ def main() -> None:
         f"Date: 2026-11-22. Machine: {platform.machine()} 2-core CPU, no GPU, shared with other jobs. "
         f"torch {torch.__version__}, {args.threads} threads. Total time {time.time() - t_all:.0f} s.",
         "",
-        "Command: `nice -n 10 python benchmarks/maskfpan_ablation.py "
+        "Command: `"
         + " ".join(
-            f"--{k.replace('_', '-')} {v}"
-            for k, v in vars(args).items()
-            if k not in ("out",) and v != ap.get_default(k)
+            ["nice -n 10 python benchmarks/maskfpan_ablation.py"]
+            + [
+                f"--{k.replace('_', '-')} {v}"
+                for k, v in vars(args).items()
+                if k not in ("out",) and v != ap.get_default(k)
+            ]
         )
-        + "`",
+        + "` (other options at their defaults)",
         "",
         f"Setup: rtformer_slim (random init), {s}x{s} `occluded` synthetic faces (label set `{ls.name}`, "
         f"{ls.num_classes} classes), {args.num_train} training faces of which {len(unlabelled)} have "

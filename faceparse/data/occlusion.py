@@ -420,13 +420,11 @@ class OccludedFaces(FaceDataset):
     ) -> None:
         super().__init__(image_size=image_size, augment=augment, transform=transform, mean=mean, std=std)
         if isinstance(base, str):
-            from ..registry import DATASETS as _D
-
             bkw = {**kwargs, **(base_kwargs or {})}
             bkw.setdefault("image_size", image_size)
             if base == "synthetic":
                 bkw.setdefault("occluders", False)  # this wrapper draws the occluders
-            base = _D.build(base, **bkw)
+            base = DATASETS.build(base, **bkw)
         elif not isinstance(base, FaceDataset):
             raise FaceParseError(f"base must be a dataset name or a FaceDataset; got {type(base).__name__}")
         self.base = base
