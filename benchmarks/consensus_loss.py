@@ -137,7 +137,7 @@ def main() -> None:
         "2-core CPU shared with other jobs (load average > 8 during the run), no GPU; ratios are from one run "
         "with the two implementations interleaved.",
         "",
-        f"Command: `nice -n 10 python benchmarks/consensus_loss.py --batch {args.batch} --size {args.size} "
+        f"Command: `nice -n 10 python benchmarks/consensus_loss.py --batch {args.batch} --size {args.size} --threads {args.threads} "
         f"--repeats {args.repeats}`",
         "",
         f"Batch {args.batch} x 3 classes x {args.size} x {args.size}; blobs = 8-connected components of each class; "
