@@ -117,3 +117,12 @@ def test_registry_metadata():
     assert {"rtformer_slim", "rtformer_base"} <= set(faceparse.list_models("rtformer_*"))
     meta = faceparse.registry.MODELS.metadata("rtformer_slim")
     assert meta["label_set"] == "celebamask_hq" and meta["input_size"] == 512
+
+
+@pytest.mark.parametrize("hw", [(2, 2), (4, 5), (13, 30), (24, 24)])
+def test_export_friendly_adaptive_max_pool_matches_native(hw):
+    from faceparse.models.rtformer import AdaptiveMaxPool
+
+    x = torch.randn(2, 3, *hw)
+    traced = torch.jit.trace(AdaptiveMaxPool(12), x)
+    assert torch.equal(traced(x), torch.nn.functional.adaptive_max_pool2d(x, 12))

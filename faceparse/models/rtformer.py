@@ -137,6 +137,28 @@ class CrossResolutionAttention(nn.Module):
         return torch.bmm(v, a).reshape(b, c, h, w)
 
 
+class AdaptiveMaxPool(nn.Module):
+    """``adaptive_max_pool2d`` to ``size`` x ``size``; while tracing/exporting it is computed as
+    separable max over the same row and column bins (start ``floor(i n / s)``, end
+    ``ceil((i + 1) n / s)``), which ONNX supports for any input size, unlike the native op."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            return F.adaptive_max_pool2d(x, self.size)
+        s = self.size
+
+        def bins(n: int) -> list[tuple[int, int]]:
+            return [((i * n) // s, -((-(i + 1) * n) // s)) for i in range(s)]
+
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        rows = torch.stack([x[:, :, a:b].amax(dim=2) for a, b in bins(h)], dim=2)
+        return torch.stack([rows[..., a:b].amax(dim=3) for a, b in bins(w)], dim=3)
+
+
 class RTFormerBlock(nn.Module):
     """Dual-resolution RTFormer block: low branch (GPU-friendly attention + MLP), compression of
     the low branch into the high one, high branch (cross-resolution attention + MLP), and an
@@ -166,7 +188,7 @@ class RTFormerBlock(nn.Module):
         self.mlp_high = ConvMLP(c_high, drop)
         self.cross_kv = nn.Sequential(
             _bn(c_low_out),
-            nn.AdaptiveMaxPool2d(cross_size),
+            AdaptiveMaxPool(cross_size),
             _conv(c_low_out, 2 * c_high, 1),
         )
         self.down = None
