@@ -126,6 +126,7 @@ class ConsensusNet(FaceParsingModel):
     paper="Towards Learning Structure via Consensus for Face Segmentation and Parsing (CVPR 2020)",
     input_size=128,
     label_set="cofw_occlusion",
+    tiny={"width": 8, "input_size": 32},
 )
 def consensus_net(**kwargs) -> ConsensusNet:
     """Structure-via-consensus encoder-decoder (4.52M parameters with 3 classes)."""
