@@ -104,3 +104,23 @@ def test_ddp_configs_parse(name, devices, nodes, capsys):
     assert cfg["trainer"]["devices"] == devices and cfg["trainer"]["num_nodes"] == nodes
     assert cfg["trainer"]["strategy"]["class_path"].endswith("DDPStrategy")
     assert cfg["model"]["class_path"] == "faceparse.tasks.SegmentationTask"
+
+
+def test_ddp_config_trains_with_two_processes_from_the_command_line(tmp_path):
+    """`faceparse fit --config ddp_cpu_synthetic`: Lightning's ddp launcher re-runs the command."""
+    import subprocess
+
+    args = [
+        "fit", "--config", "ddp_cpu_synthetic", "--trainer.max_epochs", "1", "--trainer.logger", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.callbacks.init_args.dirpath", str(tmp_path / "model"),
+        "--data.init_args.train_kwargs.num_samples", "16", "--data.init_args.val_kwargs.num_samples", "8",
+        "--data.init_args.image_size", "32", "--data.init_args.batch_size", "4",
+        "--model.init_args.model_kwargs.input_size", "32",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "faceparse.cli", *args], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Starting with 2 processes" in proc.stderr + proc.stdout
+    model = faceparse.load_model(tmp_path / "model")
+    assert model.default_input_size == 32
