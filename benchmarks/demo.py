@@ -1,6 +1,6 @@
 """Run `faceparse demo` and record its accuracy and wall time in benchmarks/results/demo.md.
 
-    python benchmarks/demo.py            # same settings as `make demo`
+python benchmarks/demo.py            # same settings as `make demo`
 """
 
 from __future__ import annotations

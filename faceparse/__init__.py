@@ -67,6 +67,10 @@ def model_info(name: str, count_parameters: bool = True, **kwargs: Any) -> dict[
 
 
 __all__ = [
+    "COMMANDS",
+    "DATASETS",
+    "LOSSES",
+    "MODELS",
     "FaceParseError",
     "FaceParsingModel",
     "LabelSet",

@@ -79,12 +79,19 @@ def _add_function_arguments(parser: argparse.ArgumentParser, fn: Callable) -> No
         elif base is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=param.default)
         else:
-            parser.add_argument(flag, dest=name, type=elem, nargs="+" if is_list else None, default=param.default, help=help_text)
+            parser.add_argument(
+                flag, dest=name, type=elem, nargs="+" if is_list else None, default=param.default, help=help_text
+            )
 
 
 def _command_tree() -> dict:
-    from . import COMMANDS, data, losses, models  # noqa: F401  (registrations)
-    from . import tasks  # noqa: F401
+    from . import (  # noqa: F401  (registrations)
+        COMMANDS,
+        data,
+        losses,
+        models,
+        tasks,  # noqa: F401
+    )
 
     for optional in ("faceparse.bench", "faceparse.export", "faceparse.evaluate"):
         try:
@@ -130,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=16)
     demo.add_argument("--lr", type=float, default=2e-3)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=True, help="class-balanced CE weights")
+    demo.add_argument(
+        "--balanced", action=argparse.BooleanOptionalAction, default=True, help="class-balanced CE weights"
+    )
 
     pred = sub.add_parser("predict", help="parse images; writes <stem>_labels.png and <stem>_overlay.png")
     pred.add_argument("images", nargs="+")

@@ -206,9 +206,7 @@ LAPA = _preset("lapa", _ELEVEN)
 HELEN = _preset("helen", _ELEVEN)
 PART_LABELS = _preset("part_labels", [("background", "background"), ("face", "face"), ("hair", "hair")])
 COFW = _preset("cofw", [("background", "non-face"), ("face", "face")])
-COFW_OCCLUSION = _preset(
-    "cofw_occlusion", [("background", "background"), ("face", "face"), ("occlusion", "occlusion")]
-)
+COFW_OCCLUSION = _preset("cofw_occlusion", [("background", "background"), ("face", "face"), ("occlusion", "occlusion")])
 CELEBAMASK_HQ_OCC = LabelSet(
     name="celebamask_hq_occ",
     classes=CELEBAMASK_HQ.classes + ("occlusion",),

@@ -35,8 +35,7 @@ class Registry:
                 raise ValueError(f"cannot infer a {self.kind} name for {obj!r}; pass name=")
             if key in self._entries:
                 raise ValueError(
-                    f"{self.kind} '{key}' is already registered by "
-                    f"{_qualname(self._entries[key])}; choose another name"
+                    f"{self.kind} '{key}' is already registered by {_qualname(self._entries[key])}; choose another name"
                 )
             self._entries[key] = obj
             self._meta[key] = dict(metadata)

@@ -12,7 +12,9 @@ def colorize(mask: np.ndarray, label_set: LabelSet | str = "celebamask_hq") -> n
     return get_label_set(label_set).colorize(mask)
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, label_set: LabelSet | str = "celebamask_hq", alpha: float = 0.5) -> np.ndarray:
+def overlay(
+    image: np.ndarray, mask: np.ndarray, label_set: LabelSet | str = "celebamask_hq", alpha: float = 0.5
+) -> np.ndarray:
     """Blend the colourised label map over an RGB uint8 image; background stays untouched."""
     ls = get_label_set(label_set)
     image = np.asarray(image)

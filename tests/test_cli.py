@@ -56,7 +56,12 @@ def test_list_and_unknown_names(capsys):
 def test_config_with_wrong_key_fails_clearly(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("model:\n  class_path: faceparse.tasks.SegmentationTask\n  init_args:\n    modle: unet\n")
-    proc = subprocess.run([sys.executable, "-m", "faceparse.cli", "fit", "--config", str(cfg)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "faceparse.cli", "fit", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "modle" in proc.stderr
 
@@ -67,7 +72,12 @@ def test_unknown_model_in_config_fails(tmp_path):
         "trainer:\n  max_epochs: 1\n  logger: false\nmodel:\n  class_path: faceparse.tasks.SegmentationTask\n  init_args:\n    model: unett\n"
         "data:\n  class_path: faceparse.data.FaceParsingDataModule\n"
     )
-    proc = subprocess.run([sys.executable, "-m", "faceparse.cli", "fit", "--config", str(cfg)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "faceparse.cli", "fit", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "unett" in proc.stderr and "unet" in proc.stderr
 
 
@@ -101,7 +111,13 @@ data:
     batch_size: 4
 """
     )
-    proc = subprocess.run([sys.executable, "-m", "faceparse.cli", "fit", "--config", str(cfg)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "faceparse.cli", "fit", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert faceparse.load_model(tmp_path / "model").label_set.name == "celebamask_hq"
 

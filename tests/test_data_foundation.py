@@ -73,7 +73,9 @@ def test_flip_swaps_left_right_pixel_counts_and_is_involution():
 
 
 def test_train_transform_keeps_mask_and_landmarks_aligned():
-    ds = faceparse.build_dataset("synthetic", split="train", num_samples=8, image_size=96, augment=True, occluders=False)
+    ds = faceparse.build_dataset(
+        "synthetic", split="train", num_samples=8, image_size=96, augment=True, occluders=False
+    )
     for i in range(8):
         s = ds[i]
         assert s["image"].shape == (3, 96, 96)
@@ -101,7 +103,9 @@ def test_write_celebamask_hq_layout(tmp_path):
 
 
 def test_datamodule_batches():
-    dm = FaceParsingDataModule("synthetic", train_kwargs={"num_samples": 12}, val_kwargs={"num_samples": 6}, image_size=64, batch_size=4)
+    dm = FaceParsingDataModule(
+        "synthetic", train_kwargs={"num_samples": 12}, val_kwargs={"num_samples": 6}, image_size=64, batch_size=4
+    )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 64, 64) and batch["mask"].shape == (4, 64, 64)

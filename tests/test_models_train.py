@@ -52,10 +52,31 @@ def test_load_model_errors(tmp_path):
 def test_short_fit_measurably_learns():
     pl.seed_everything(0, verbose=False)
     dm = FaceParsingDataModule(
-        "synthetic", train_kwargs={"num_samples": 96}, val_kwargs={"num_samples": 16}, image_size=64, batch_size=8, augment=False
+        "synthetic",
+        train_kwargs={"num_samples": 96},
+        val_kwargs={"num_samples": 16},
+        image_size=64,
+        batch_size=8,
+        augment=False,
     )
-    task = SegmentationTask("unet", model_kwargs={"encoder": "resnet18", "input_size": 64, "arch_kwargs": {"decoder_channels": [64, 32, 16, 16, 8]}}, lr=2e-3, scheduler="cosine")
-    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    task = SegmentationTask(
+        "unet",
+        model_kwargs={
+            "encoder": "resnet18",
+            "input_size": 64,
+            "arch_kwargs": {"decoder_channels": [64, 32, 16, 16, 8]},
+        },
+        lr=2e-3,
+        scheduler="cosine",
+    )
+    trainer = pl.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     before = trainer.validate(task, datamodule=dm, verbose=False)[0]
     trainer.fit(task, datamodule=dm)
     after = trainer.validate(task, datamodule=dm, verbose=False)[0]

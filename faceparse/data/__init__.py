@@ -8,4 +8,12 @@ import_submodules(__name__, __path__)
 
 from .datamodule import FaceParsingDataModule  # noqa: E402
 
-__all__ = ["FaceDataset", "FaceFlip", "FaceParsingDataModule", "build_transforms", "collate", "flip_sample", "to_tensor_sample"]
+__all__ = [
+    "FaceDataset",
+    "FaceFlip",
+    "FaceParsingDataModule",
+    "build_transforms",
+    "collate",
+    "flip_sample",
+    "to_tensor_sample",
+]

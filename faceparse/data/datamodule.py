@@ -51,7 +51,11 @@ class FaceParsingDataModule(pl.LightningDataModule):
         DATASETS.get(dataset)  # fail early on unknown names
         self.dataset_name = dataset
         self.dataset_kwargs = dict(dataset_kwargs or {})
-        self.split_kwargs = {"train": dict(train_kwargs or {}), "val": dict(val_kwargs or {}), "test": dict(test_kwargs or {})}
+        self.split_kwargs = {
+            "train": dict(train_kwargs or {}),
+            "val": dict(val_kwargs or {}),
+            "test": dict(test_kwargs or {}),
+        }
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.image_size = image_size
         self.batch_size = batch_size
@@ -65,13 +69,21 @@ class FaceParsingDataModule(pl.LightningDataModule):
         """Build (once) the dataset of ``stage`` in ``train``, ``val``, ``test``."""
         if stage not in self._datasets:
             factory = DATASETS.get(self.dataset_name)
-            kw: dict[str, Any] = {"split": self.splits[stage], "image_size": self.image_size, "augment": self.augment and stage == "train"}
+            kw: dict[str, Any] = {
+                "split": self.splits[stage],
+                "image_size": self.image_size,
+                "augment": self.augment and stage == "train",
+            }
             kw.update({"mean": self.mean, "std": self.std})
             kw.update(self.dataset_kwargs)
             kw.update(self.split_kwargs[stage])
             params = inspect.signature(factory).parameters
             if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-                kw = {k: v for k, v in kw.items() if k in params or k in self.dataset_kwargs or k in self.split_kwargs[stage]}
+                kw = {
+                    k: v
+                    for k, v in kw.items()
+                    if k in params or k in self.dataset_kwargs or k in self.split_kwargs[stage]
+                }
             self._datasets[stage] = factory(**kw)
         return self._datasets[stage]
 

@@ -9,7 +9,9 @@ from tqdm.auto import tqdm
 from ..labels import IGNORE_INDEX
 
 
-def class_pixel_frequencies(dataset: Dataset, num_classes: int | None = None, limit: int | None = None, progress: bool = False) -> np.ndarray:
+def class_pixel_frequencies(
+    dataset: Dataset, num_classes: int | None = None, limit: int | None = None, progress: bool = False
+) -> np.ndarray:
     """Fraction of labelled pixels per class over (the first ``limit`` samples of) a dataset.
 
     Reads raw label maps through ``load_raw`` when the dataset has it (no transform), else items.

@@ -93,23 +93,52 @@ def render_face(rng: np.random.Generator, size: int = 128, occluder_prob: float 
     if rng.random() < 0.45:  # long hair behind the head
         p.paint(p.region(_ellipse((cx, cy + 0.25 * b), (1.3 * a, 1.25 * b))), C["hair"], hair_col, 10)
     # neck, then clothes covering its lower part
-    p.paint(p.region(_poly([(cx - 0.5 * a, cy + 0.5 * b), (cx + 0.5 * a, cy + 0.5 * b), (cx + 0.55 * a, cy + 1.45 * b), (cx - 0.55 * a, cy + 1.45 * b)])), C["neck"], np.asarray(skin) * 0.9, 5)
+    p.paint(
+        p.region(
+            _poly(
+                [
+                    (cx - 0.5 * a, cy + 0.5 * b),
+                    (cx + 0.5 * a, cy + 0.5 * b),
+                    (cx + 0.55 * a, cy + 1.45 * b),
+                    (cx - 0.55 * a, cy + 1.45 * b),
+                ]
+            )
+        ),
+        C["neck"],
+        np.asarray(skin) * 0.9,
+        5,
+    )
     if rng.random() < 0.93:
         top = cy + b * rng.uniform(1.15, 1.3)
         p.paint(p.region(_ellipse((cx, top + 0.9 * S), (2.2 * a, 0.9 * S))), C["cloth"], rng.integers(0, 256, 3), 12)
     if rng.random() < RARE["necklace"]:
         th = max(2, S // 36)
-        p.paint(p.region(_ellipse((cx, cy + 1.0 * b), (0.55 * a, 0.3 * b), 0, 20, 160, th)), C["necklace"], _jitter(rng, (230, 190, 60), 20), 8)
+        p.paint(
+            p.region(_ellipse((cx, cy + 1.0 * b), (0.55 * a, 0.3 * b), 0, 20, 160, th)),
+            C["necklace"],
+            _jitter(rng, (230, 190, 60), 20),
+            8,
+        )
     # ears, earrings
     ear_y = cy + 0.02 * b
     ear_visible = rng.random() < 0.85
     for side, name in ((-1, "left_ear"), (1, "right_ear")):
         if ear_visible:
-            p.paint(p.region(_ellipse((cx + side * 0.97 * a, ear_y), (0.17 * a, 0.3 * b))), C[name], np.asarray(skin) * 0.95, 5)
+            p.paint(
+                p.region(_ellipse((cx + side * 0.97 * a, ear_y), (0.17 * a, 0.3 * b))),
+                C[name],
+                np.asarray(skin) * 0.95,
+                5,
+            )
     if ear_visible and rng.random() < RARE["earring"]:
         r = max(2.0, 0.11 * a)
         for side in (-1, 1):
-            p.paint(p.region(_ellipse((cx + side * 1.0 * a, ear_y + 0.34 * b), (r, r * 1.3))), C["earring"], _jitter(rng, (240, 210, 80), 25), 6)
+            p.paint(
+                p.region(_ellipse((cx + side * 1.0 * a, ear_y + 0.34 * b), (r, r * 1.3))),
+                C["earring"],
+                _jitter(rng, (240, 210, 80), 25),
+                6,
+            )
     # face
     p.paint(p.region(_ellipse((cx, cy), (a, b))), C["skin"], skin, 5)
     # hair on top: crown minus forehead
@@ -130,13 +159,23 @@ def render_face(rng: np.random.Generator, size: int = 128, occluder_prob: float 
         eyes.append((ex, eye_y))
     # nose
     nose_tip = (cx, cy + 0.2 * b)
-    p.paint(p.region(_poly([(cx, cy - 0.06 * b), (cx - 0.14 * a, cy + 0.22 * b), (cx + 0.14 * a, cy + 0.22 * b)])), C["nose"], np.asarray(skin) * 0.85, 5)
+    p.paint(
+        p.region(_poly([(cx, cy - 0.06 * b), (cx - 0.14 * a, cy + 0.22 * b), (cx + 0.14 * a, cy + 0.22 * b)])),
+        C["nose"],
+        np.asarray(skin) * 0.85,
+        5,
+    )
     # mouth: upper lip, lower lip, open inner mouth
     my, mw = cy + 0.47 * b, 0.38 * a * rng.uniform(0.85, 1.15)
     gap = rng.uniform(0.03, 0.08) * b if rng.random() < 0.4 else 0.0
     lip = _jitter(rng, (190, 70, 80), 20)
     p.paint(p.region(_ellipse((cx, my - gap / 2), (mw, 0.09 * b), 0, 180, 360)), C["upper_lip"], lip, 6)
-    p.paint(p.region(_ellipse((cx, my + gap / 2), (mw * 0.92, 0.11 * b), 0, 0, 180)), C["lower_lip"], np.asarray(lip) * 0.92, 6)
+    p.paint(
+        p.region(_ellipse((cx, my + gap / 2), (mw * 0.92, 0.11 * b), 0, 0, 180)),
+        C["lower_lip"],
+        np.asarray(lip) * 0.92,
+        6,
+    )
     if gap > 0:
         p.paint(p.region(_ellipse((cx, my), (mw * 0.8, gap / 2 + 1))), C["mouth"], (60, 20, 25), 6)
     # eyeglasses: tinted lenses + frame, labelled as a whole
@@ -148,7 +187,14 @@ def render_face(rng: np.random.Generator, size: int = 128, occluder_prob: float 
             p.paint(lens, C["eyeglasses"], (200, 220, 240), 4, alpha=0.35)
             p.paint(p.region(_ellipse((ex, ey), (r, r * 0.8), thickness=max(1, S // 64))), C["eyeglasses"], frame, 4)
         th = max(1, S // 64)
-        p.paint(p.region(lambda m, v: cv2.line(m, (int(eyes[0][0] + r), int(eye_y)), (int(eyes[1][0] - r), int(eye_y)), v, th)), C["eyeglasses"], frame, 4)
+        p.paint(
+            p.region(
+                lambda m, v: cv2.line(m, (int(eyes[0][0] + r), int(eye_y)), (int(eyes[1][0] - r), int(eye_y)), v, th)
+            ),
+            C["eyeglasses"],
+            frame,
+            4,
+        )
     # hat
     if rng.random() < RARE["hat"]:
         hat_col = rng.integers(0, 256, 3)
@@ -165,13 +211,21 @@ def render_face(rng: np.random.Generator, size: int = 128, occluder_prob: float 
             for k in range(4):
                 fa = np.deg2rad(ang - 90 + (k - 1.5) * 16)
                 fx, fy = ox + np.cos(fa) * 0.55 * a, oy + np.sin(fa) * 0.55 * a
-                fingers |= p.region(lambda m, v, fx=fx, fy=fy: cv2.line(m, (int(ox), int(oy)), (int(fx), int(fy)), v, max(2, int(0.11 * a))))
+                fingers |= p.region(
+                    lambda m, v, fx=fx, fy=fy: cv2.line(
+                        m, (int(ox), int(oy)), (int(fx), int(fy)), v, max(2, int(0.11 * a))
+                    )
+                )
             occ = palm | fingers
             col = _jitter(rng, _SKIN_TONES[rng.integers(len(_SKIN_TONES))], 20)
         else:  # bar: microphone, pen, strap
             ang = np.deg2rad(rng.uniform(0, 180))
             dx, dy = np.cos(ang) * 0.9 * a, np.sin(ang) * 0.9 * a
-            occ = p.region(lambda m, v: cv2.line(m, (int(ox - dx), int(oy - dy)), (int(ox + dx), int(oy + dy)), v, max(3, int(0.18 * a))))
+            occ = p.region(
+                lambda m, v: cv2.line(
+                    m, (int(ox - dx), int(oy - dy)), (int(ox + dx), int(oy + dy)), v, max(3, int(0.18 * a))
+                )
+            )
             col = rng.integers(0, 256, 3)
         p.paint(occ, C["background"], col, 10)
         occlusion[occ] = 1
@@ -185,7 +239,17 @@ def render_face(rng: np.random.Generator, size: int = 128, occluder_prob: float 
     mask = cv2.warpAffine(p.label, M, (S, S), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
     occlusion = cv2.warpAffine(occlusion, M, (S, S), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
     landmarks = (np.c_[landmarks, np.ones(len(landmarks))] @ M.T).astype(np.float32)
-    corners = np.array([[face_box[0], face_box[1], 1], [face_box[2], face_box[1], 1], [face_box[0], face_box[3], 1], [face_box[2], face_box[3], 1]]) @ M.T
+    corners = (
+        np.array(
+            [
+                [face_box[0], face_box[1], 1],
+                [face_box[2], face_box[1], 1],
+                [face_box[0], face_box[3], 1],
+                [face_box[2], face_box[3], 1],
+            ]
+        )
+        @ M.T
+    )
     face_box = np.array([*corners.min(0), *corners.max(0)], np.float32).clip(0, S - 1)
     # lighting gradient, blur and sensor noise
     shade = 1 + rng.uniform(-0.25, 0.25) * (np.linspace(-1, 1, S)[None, :, None])
@@ -274,7 +338,11 @@ class SyntheticFaces(FaceDataset):
         for i in range(n):
             s = render_face(self.rng(i), size, self.occluder_prob)
             big = cv2.resize(s["image"], (2 * size, 2 * size), interpolation=cv2.INTER_LINEAR)
-            cv2.imwrite(str(root / "CelebA-HQ-img" / f"{i}.jpg"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            cv2.imwrite(
+                str(root / "CelebA-HQ-img" / f"{i}.jpg"),
+                cv2.cvtColor(big, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, 95],
+            )
             folder = root / "CelebAMask-HQ-mask-anno" / str(i // 2000)
             folder.mkdir(parents=True, exist_ok=True)
             for cls in range(1, CELEBAMASK_HQ.num_classes):

@@ -37,7 +37,9 @@ def flip_sample(sample: dict[str, Any], label_lut: np.ndarray, landmark_flip: Se
     w = sample["image"].shape[1]
     out["image"] = np.ascontiguousarray(sample["image"][:, ::-1])
     if "mask" in sample:
-        out["mask"] = np.ascontiguousarray(label_lut[sample["mask"][:, ::-1].astype(np.int64)]).astype(sample["mask"].dtype)
+        out["mask"] = np.ascontiguousarray(label_lut[sample["mask"][:, ::-1].astype(np.int64)]).astype(
+            sample["mask"].dtype
+        )
     for key in _MAP_KEYS:
         if key in sample:
             out[key] = np.ascontiguousarray(sample[key][:, ::-1])

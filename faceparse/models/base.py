@@ -146,13 +146,17 @@ def _from_jsonable(value: Any) -> Any:
     return value
 
 
-def load_model(directory: str | Path, map_location: str | torch.device = "cpu", strict: bool = True) -> FaceParsingModel:
+def load_model(
+    directory: str | Path, map_location: str | torch.device = "cpu", strict: bool = True
+) -> FaceParsingModel:
     """Rebuild a model saved with ``save_pretrained`` (config.json + model.safetensors)."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise MissingWeightsError(f"model directory '{directory}' does not exist (expected a folder written by save_pretrained)")
+        raise MissingWeightsError(
+            f"model directory '{directory}' does not exist (expected a folder written by save_pretrained)"
+        )
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not config_path.is_file():
         raise MissingWeightsError(f"'{directory}' has no {CONFIG_NAME}: not a faceparse model directory")
@@ -168,7 +172,9 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu", 
     except (json.JSONDecodeError, KeyError) as exc:
         raise FaceParseError(f"'{config_path}' is not a valid faceparse config ({exc})") from exc
     if not module_name.startswith("faceparse."):
-        raise FaceParseError(f"'{config_path}' names class '{config['class']}' outside faceparse; refusing to import it")
+        raise FaceParseError(
+            f"'{config_path}' names class '{config['class']}' outside faceparse; refusing to import it"
+        )
     cls = getattr(importlib.import_module(module_name), cls_name.split(".")[-1], None)
     if not (isinstance(cls, type) and issubclass(cls, FaceParsingModel)):
         raise FaceParseError(f"'{config_path}' names '{config['class']}', which is not a faceparse model class")
@@ -188,9 +194,13 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu", 
     return model.eval()
 
 
-def resolve_label_set(label_set: str | LabelSet | dict | None, num_classes: int | None = None, default: str = "celebamask_hq") -> LabelSet:
+def resolve_label_set(
+    label_set: str | LabelSet | dict | None, num_classes: int | None = None, default: str = "celebamask_hq"
+) -> LabelSet:
     """Label set from a name/LabelSet, checking an optional explicit class count."""
     ls = get_label_set(label_set if label_set is not None else default)
     if num_classes is not None and num_classes != ls.num_classes:
-        raise FaceParseError(f"num_classes={num_classes} does not match label set '{ls.name}' ({ls.num_classes} classes)")
+        raise FaceParseError(
+            f"num_classes={num_classes} does not match label set '{ls.name}' ({ls.num_classes} classes)"
+        )
     return ls

@@ -58,7 +58,9 @@ class SMPModel(FaceParsingModel):
         if pretrained is not None:
             path = Path(pretrained)
             if not path.is_file():
-                raise MissingWeightsError(f"encoder weights file '{pretrained}' not found; pass a local state-dict file")
+                raise MissingWeightsError(
+                    f"encoder weights file '{pretrained}' not found; pass a local state-dict file"
+                )
             state = torch.load(path, map_location="cpu", weights_only=True)
             self.net.encoder.load_state_dict(state.get("state_dict", state), strict=False)
 

@@ -76,7 +76,11 @@ class SegmentationTask(pl.LightningModule):
         return self.model(x)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        outputs = self.model.forward_train(batch["image"]) if hasattr(self.model, "forward_train") else self.model(batch["image"])
+        outputs = (
+            self.model.forward_train(batch["image"])
+            if hasattr(self.model, "forward_train")
+            else self.model(batch["image"])
+        )
         loss, parts = loss_value(self.loss(outputs, batch))
         bs = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
@@ -87,7 +91,9 @@ class SegmentationTask(pl.LightningModule):
     def _eval_step(self, batch: dict[str, Any], metrics: FaceParsingMetrics, prefix: str) -> None:
         logits = self.model(batch["image"])
         loss, _ = loss_value(self.loss(logits, batch))
-        self.log(f"{prefix}/loss", loss, prog_bar=True, on_epoch=True, batch_size=batch["image"].shape[0], sync_dist=True)
+        self.log(
+            f"{prefix}/loss", loss, prog_bar=True, on_epoch=True, batch_size=batch["image"].shape[0], sync_dist=True
+        )
         metrics.update(logits.argmax(1), batch["mask"])
 
     def _eval_end(self, metrics: FaceParsingMetrics, prefix: str) -> None:
