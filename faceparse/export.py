@@ -236,11 +236,13 @@ def export(
     out: str = "",
     size: int = 0,
     opset: int = DEFAULT_OPSET,
-    no_check: bool = False,
+    check: bool = True,
 ) -> None:
     """Export a saved model directory (or a registered model name) to ONNX.
 
-    ``faceparse export --model DIR --format onnx`` writes ``DIR/model.onnx`` (or ``--out``).
+    ``faceparse export --model DIR --format onnx`` writes ``DIR/model.onnx`` (or ``--out``) and
+    compares onnxruntime with PyTorch (``--no-check`` skips that). ``--size`` sets the traced
+    input size (default: the model's).
     """
     if not model:
         raise FaceParseError("--model is required: a directory written by save_pretrained")
@@ -248,6 +250,6 @@ def export(
         raise FaceParseError(f"--format '{format}' is not supported; expected 'onnx'")
     m = _load_any(model)
     target = Path(out) if out else (Path(model) / "model.onnx" if Path(model).is_dir() else Path(f"{model}.onnx"))
-    res = export_onnx(m, target, input_size=size or None, opset=opset, check=not no_check)
+    res = export_onnx(m, target, input_size=size or None, opset=opset, check=check)
     diff = "" if res.max_abs_diff is None else f", onnxruntime max abs diff {res.max_abs_diff:.2e}"
     print(f"wrote {res.path} (opset {res.opset}, {res.exporter} exporter, input {res.input_size}{diff})")
