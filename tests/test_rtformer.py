@@ -119,6 +119,7 @@ def test_registry_metadata():
     assert meta["label_set"] == "celebamask_hq" and meta["input_size"] == 512
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 @pytest.mark.parametrize("hw", [(2, 2), (4, 5), (13, 30), (24, 24)])
 def test_export_friendly_adaptive_max_pool_matches_native(hw):
     from faceparse.models.rtformer import AdaptiveMaxPool
