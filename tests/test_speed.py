@@ -134,3 +134,25 @@ def test_batch_timing_skipped_when_over_budget():
     row = bench.bench_model("unet", size=32, repeats=1, batch=4, budget_s=1e-9, model_kwargs={"encoder": "resnet18"})
     assert row["latency_b1_ms"] > 0 and "throughput_b8_ips" not in row
     assert "batch 4 skipped" in row["note"]
+
+
+def test_flop_count_equals_pytorch_flop_counter_and_works_where_it_fails():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = bench.build_for_bench("fpn", encoder="resnet18")
+    x = torch.randn(1, 3, 32, 32)
+    ref = FlopCounterMode(display=False)
+    with torch.no_grad(), ref:
+        model(x)
+    assert bench.count_flops(model, x) == ref.get_total_flops() > 0
+
+    class TokensIn(nn.Module):  # a parameter passed as a submodule input (as SegFace's class tokens)
+        def __init__(self) -> None:
+            super().__init__()
+            self.tokens = nn.Parameter(torch.randn(4, 8))
+            self.inner = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.inner(self.tokens) @ x
+
+    assert bench.count_flops(TokensIn().eval(), torch.randn(8, 3)) == 2 * 4 * 8 * 8 + 2 * 4 * 8 * 3
