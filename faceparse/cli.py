@@ -132,9 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--encoder", default="resnet18")
     demo.add_argument("--image-size", type=int, default=128)
     demo.add_argument("--epochs", type=int, default=4)
-    demo.add_argument("--num-train", type=int, default=2000)
+    demo.add_argument("--num-train", type=int, default=1200)
     demo.add_argument("--num-val", type=int, default=200)
-    demo.add_argument("--batch-size", type=int, default=16)
+    demo.add_argument("--batch-size", type=int, default=8)
     demo.add_argument("--lr", type=float, default=2e-3)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(

@@ -21,9 +21,9 @@ def run_demo(
     encoder: str = "resnet18",
     image_size: int = 128,
     epochs: int = 4,
-    num_train: int = 2000,
+    num_train: int = 1200,
     num_val: int = 200,
-    batch_size: int = 16,
+    batch_size: int = 8,
     lr: float = 2e-3,
     seed: int = 0,
     balanced: bool = True,
@@ -51,8 +51,8 @@ def run_demo(
     model_kwargs: dict = {"input_size": image_size}
     if model in _ARCHS:
         model_kwargs["encoder"] = encoder
-        if model == "unet":  # a lighter decoder than smp's default (256..16): same accuracy here, ~2x faster on CPU
-            model_kwargs["arch_kwargs"] = {"decoder_channels": [128, 64, 32, 16, 16]}
+        if model == "unet":  # a lighter decoder than smp's default (256..16): ~1.6x cheaper per step on CPU
+            model_kwargs["arch_kwargs"] = {"decoder_channels": [64, 32, 16, 16, 8]}
     loss_kwargs = {}
     if balanced:  # median-frequency class weights in the CE term lift the rare classes early
         freq = class_pixel_frequencies(dm.build("train"), progress=True)
