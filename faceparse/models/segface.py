@@ -388,7 +388,9 @@ class SegFace(FaceParsingModel):
         """Class-token decoder: logits ``B x K x 4h x 4w`` from fused ``B x dim x h x w`` features."""
         b, c, h, w = fused.shape
         pe = self.pos_enc(h, w).flatten(1).transpose(0, 1).unsqueeze(0).expand(b, -1, -1)
-        tokens = self.class_tokens.weight.unsqueeze(0).expand(b, -1, -1)
+        # repeat, not expand: a view of a parameter made under no_grad confuses autograd hooks
+        # (torch.utils.flop_counter's module tracker)
+        tokens = self.class_tokens.weight.unsqueeze(0).repeat(b, 1, 1)
         tokens, image = self.transformer(fused.flatten(2).transpose(1, 2), pe, tokens)
         pixel = self.upscale(image.transpose(1, 2).reshape(b, c, h, w))  # B x dim/8 x 4h x 4w
         weights = self.token_mlp(tokens)  # B x K x dim/8
