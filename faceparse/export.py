@@ -33,8 +33,8 @@ DEFAULT_OPSET = 17
 # Registered models that cannot be exported to ONNX, with the reason (shown in docs/models.md).
 # Checked with torch 2.15 / onnx 1.23 / onnxruntime 1.31 by benchmarks/onnx_export.py.
 _RTFORMER = (
-    "adaptive_max_pool2d to a 12 x 12 grid from a feature map whose size is not a multiple of 12 "
-    "(cross-resolution attention pooling) has no ONNX equivalent in either exporter"
+    "traces since its separable-bin adaptive max pooling, but onnxruntime differs from PyTorch by "
+    "1.5e-4 on a tiny random build (2026-11-22), above the 1e-4 parity bound"
 )
 _MCT = (
     "forward computes class activation maps (faceparse.cam.fcam): TorchScript tracing fails on "
