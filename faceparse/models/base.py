@@ -33,10 +33,14 @@ class FaceParsingModel(nn.Module):
     constructor's arguments are recorded automatically, so ``save_pretrained`` needs nothing more.
     """
 
-    input_mean: tuple[float, float, float] = IMAGENET_MEAN
-    input_std: tuple[float, float, float] = IMAGENET_STD
-    default_input_size: int = 512
-    label_set: LabelSet
+    # Attributes are documented, not annotated: under ``from __future__ import annotations`` class
+    # annotations are strings TorchScript cannot read. ``label_set`` (a LabelSet) and
+    # ``registry_name`` are Python-only, so TorchScript skips them.
+    input_mean = IMAGENET_MEAN
+    input_std = IMAGENET_STD
+    default_input_size = 512
+    __jit_ignored_attributes__ = ["label_set", "registry_name"]
+    __jit_unused_properties__ = ["num_classes"]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -291,11 +291,9 @@ class SegFace(FaceParsingModel):
             first steps; 0.1 (PyTorch's default) suits that case. ``None`` keeps torchvision's.
     """
 
-    # TorchScript: skip the Python-only attributes of FaceParsingModel, and do not inherit its class
-    # annotations (strings under ``from __future__ import annotations``, which TorchScript can't read).
+    # TorchScript reads class annotations, which are strings under ``from __future__ import
+    # annotations``: give it real types (FaceParsingModel marks its Python-only attributes).
     __annotations__ = {"channels_last": bool, "out_indices": list[int], "default_input_size": int}  # noqa: RUF012
-    __jit_ignored_attributes__ = ["label_set", "registry_name"]
-    __jit_unused_properties__ = ["num_classes"]
 
     def __init__(
         self,
