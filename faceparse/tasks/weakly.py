@@ -68,6 +68,8 @@ class WeaklySupervisedTask(pl.LightningModule):
         lr, weight_decay: AdamW (DisFaceRep: lr 5e-6, batch 36 from ImageNet DeiT-S weights).
         scheduler: ``cosine`` (per step with ``warmup_steps``) or ``none``.
         theta: pseudo-mask threshold used for the validation F1 (0.5).
+        refine: patch-to-patch affinity refinement of the validation FCAMs (MCTformer+ uses it with
+            a pretrained ViT; a from-scratch ViT's attention smears the maps, so turn it off there).
         label_source: ``auto`` | ``mask`` | ``labels`` (see module docstring).
     """
 
@@ -85,6 +87,7 @@ class WeaklySupervisedTask(pl.LightningModule):
         scheduler: str = "cosine",
         warmup_steps: int = 0,
         theta: float = 0.5,
+        refine: bool = True,
         label_source: str = "auto",
     ) -> None:
         super().__init__()
@@ -140,7 +143,7 @@ class WeaklySupervisedTask(pl.LightningModule):
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=bs, sync_dist=True)
         if "mask" in batch:
             y = foreground_labels(batch, self.label_set, self.hparams.label_source)
-            cams = fcam(self.model, batch["image"], labels=y, scales=(1.0,), flip=False)
+            cams = fcam(self.model, batch["image"], labels=y, scales=(1.0,), flip=False, refine=self.hparams.refine)
             pred = pseudo_masks(cams, y, self.hparams.theta, self.model.fg_index, self.label_set.background)
             self.val_metrics.update(pred, batch["mask"])
             self._val_seen = True
