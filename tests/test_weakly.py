@@ -155,3 +155,33 @@ def test_packaged_configs_reference_real_classes():
             assert args["model"] in faceparse.list_models("mct_vit_*")
         else:
             assert cfg["data"]["init_args"]["dataset"] == "pseudo"
+
+
+def test_validation_fcams_follow_the_refine_setting(trained, monkeypatch):
+    """WeaklySupervisedTask(refine=...) decides whether the validation FCAMs use affinity refinement."""
+    from faceparse.cam import fcam, pseudo_masks
+    from faceparse.metrics import FaceParsingMetrics
+
+    task, _, _ = trained
+    ds = faceparse.build_dataset("synthetic", split="val", num_samples=4, image_size=32)
+    batch = collate([ds[i] for i in range(4)])
+    y = foreground_labels(batch, LS)
+    model = task.model.eval()
+    monkeypatch.setattr(task, "log", lambda *args, **kwargs: None)  # no trainer loop to log into here
+
+    def direct(refine: bool) -> torch.Tensor:
+        with torch.no_grad():
+            cams = fcam(model, batch["image"], labels=y, scales=(1.0,), flip=False, refine=refine)
+        m = FaceParsingMetrics(LS)
+        m.update(pseudo_masks(cams, y, 0.5, model.fg_index, LS.background), batch["mask"])
+        return m.confmat.clone()
+
+    expected = {r: direct(r) for r in (True, False)}
+    assert not torch.equal(expected[True], expected[False])  # the two settings do differ here
+    for refine in (True, False):
+        task.hparams.refine = refine
+        task.val_metrics.reset()
+        with torch.no_grad():
+            task.validation_step(batch, 0)
+        assert torch.equal(task.val_metrics.confmat, expected[refine])
+    task.hparams.refine = True
