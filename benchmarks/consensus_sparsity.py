@@ -172,7 +172,15 @@ def main() -> None:
         init, train_data = None, data
         if args.pretrain_steps:
             pre = train(
-                "ce", data, test, args.pretrain_steps, args.batch_size, args.pretrain_lr, seed, 10**9, args.width
+                "ce",
+                data,
+                test,
+                args.pretrain_steps,
+                args.batch_size,
+                args.pretrain_lr,
+                seed,
+                args.pretrain_steps,
+                args.width,
             )
             pretrained.append(pre["final"])
             init = pre["state"]

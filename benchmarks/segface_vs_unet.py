@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import faceparse
+from faceparse.data.stats import balanced_class_weights, class_pixel_frequencies
 from faceparse.labels import get_label_set
 from faceparse.metrics import FaceParsingMetrics
 
@@ -109,17 +110,6 @@ def rare_mean(res: dict) -> float:
     return sum(res["f1"][ls.index(c)].item() for c in RARE) / len(RARE)
 
 
-def class_weights(train: list[dict], num_classes: int) -> list[float]:
-    """Median-frequency class weights (faceparse.data.stats) from the training masks' pixel counts."""
-    from faceparse.data.stats import balanced_class_weights
-
-    counts = torch.zeros(num_classes, dtype=torch.float64)
-    for s in train:
-        m = s["mask"].flatten()
-        counts += torch.bincount(m[m < num_classes], minlength=num_classes).double()
-    return balanced_class_weights((counts / counts.sum()).numpy())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=600)
@@ -164,11 +154,15 @@ def main() -> None:
         )
         test = cached(faceparse.build_dataset("synthetic", split="test", num_samples=args.test_samples, **common))
         print(f"rendered {len(train)} train / {len(test)} test faces in {time.time() - t0:.0f}s", flush=True)
-        args.weights = class_weights(train, ls.num_classes) if args.class_weights == "balanced" else None
+        args.weights = (
+            balanced_class_weights(class_pixel_frequencies(train, ls.num_classes))
+            if args.class_weights == "balanced"
+            else None
+        )
     for label in [] if args.report_only else args.models:
         name, kwargs = MODELS[label]
         res, tt, n = train_one(name, kwargs, train, test, args)
-        rare = sum(res["f1"][ls.index(c)].item() for c in RARE) / len(RARE)
+        rare = rare_mean(res)
         print(f"{label}: mean F1 {res['mean_f1'].item():.4f}, rare-class mean F1 {rare:.4f}", flush=True)
         record = {"f1": res["f1"].tolist(), "mean_f1": res["mean_f1"].item(), "time": tt, "params": n}
         slug = name + "".join(f"_{k}{v}" for k, v in sorted(kwargs.items()))
@@ -213,7 +207,7 @@ def main() -> None:
     ]
     for label in labels:
         res, tt, n = results[label]
-        rare = sum(res["f1"][ls.index(c)].item() for c in RARE) / len(RARE)
+        rare = rare_mean(res)
         lines.append(f"| {label} | {n / 1e6:.2f} | {tt:.0f} | {res['mean_f1'].item():.4f} | {rare:.4f} |")
     lines += ["", "Per-class F1:", "", "| class | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
     for i, cls in enumerate(ls.classes):
