@@ -9,8 +9,9 @@ cross-entropy. Setup here, on the procedural synthetic faces with occluders (no 
 - ``consensus_net`` (the paper's encoder-decoder) at quarter width (``--width 16``, 284k parameters;
   64 = published) and 64 x 64 input, to fit a shared 2-core CPU;
 - the same initial weights, batches and Adam settings for every run; only the loss differs.
-  Consensus: alpha 10, beta 5, blobs = one per class per image, 8-connected components of each
-  class, or the paper's C map (background, face, one blob per occluder; ``--blobs``);
+  Consensus: alpha 10, beta 5 (``--betas`` sweeps it, as Fig. 4b does), blobs = one per class per
+  image, 8-connected components of each class, or the paper's C map (background, face, one blob
+  per occluder; ``--blobs``);
 - evaluation on held-out faces with :class:`faceparse.metrics.ConsensusMetrics`: sparsity
   (|#components GT - #components prediction| over non-background pixels, 8-connectivity), the
   same per class, pixel accuracy, mIoU and per-class IoU.
@@ -114,9 +115,11 @@ def train(
         logits = model(x)
         if loss_name == "ce":
             loss = F.cross_entropy(logits, y)
-        else:  # "consensus-class" / "consensus-components" / "consensus-given" (the C map)
-            mode = loss_name.split("-")[1]
-            loss = consensus_loss(logits, y, 10.0, 5.0, blobs=mode, blob_ids=c if mode == "given" else None)["loss"]
+        else:  # "consensus-{class,components,given}[-beta{B}]" (given = the C map; beta 5 unless named)
+            parts = loss_name.split("-")
+            mode = parts[1]
+            beta = float(parts[2][len("beta") :]) if len(parts) > 2 else 5.0
+            loss = consensus_loss(logits, y, 10.0, beta, blobs=mode, blob_ids=c if mode == "given" else None)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -137,6 +140,44 @@ def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if len(v) > 1 else f"{v.mean():.{digits}f}"
 
 
+def _paired_summary(
+    runs: dict[str, list[dict]], names: list[str], label: dict[str, str], seeds: list[int]
+) -> list[str]:
+    """Per-seed sparsity and the paired consensus - CE difference (same seed = same init and batches).
+
+    The 95 % interval is the paired t interval over seeds (scipy's t quantile).
+    """
+    from scipy import stats
+
+    keys = [("sparsity_face", "face"), ("sparsity_per_class", "per class"), ("sparsity", "together")]
+    lines = ["", "Sparsity per seed at the last step (face / per class / together):", ""]
+    lines += ["| seed | " + " | ".join(label[n] for n in names) + " |", "|---:|" + "---:|" * len(names)]
+    for i, seed in enumerate(seeds):
+        cells = [" / ".join(f"{runs[n][i]['final'][k]:.2f}" for k, _ in keys) for n in names]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    if len(seeds) < 2:
+        return lines
+    lines += [
+        "",
+        "Paired difference consensus - CE over seeds (negative = consensus less fragmented), "
+        "mean with 95 % t interval, and the number of seeds where consensus is lower:",
+        "",
+        "| loss | " + " | ".join(f"sparsity ({t})" for _, t in keys) + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
+    q = stats.t.ppf(0.975, len(seeds) - 1)
+    for n in names[1:]:
+        cells = []
+        for k, _ in keys:
+            d = np.array([c["final"][k] - e["final"][k] for c, e in zip(runs[n], runs["ce"])])
+            half = q * d.std(ddof=1) / np.sqrt(len(d))
+            cells.append(
+                f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}], {int((d < 0).sum())}/{len(d)} lower"
+            )
+        lines.append(f"| {label[n]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=500)
@@ -150,6 +191,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--width", type=int, default=16, help="consensus_net width (64 = published)")
     ap.add_argument("--blobs", nargs="+", default=["class"], help="consensus blob modes to compare with CE")
+    ap.add_argument(
+        "--betas",
+        type=float,
+        nargs="+",
+        default=[5.0],
+        help="beta values of Eq. 8 to run for each blob mode (the paper's Fig. 4b sweeps beta; default 5)",
+    )
     ap.add_argument("--out", default=None, help="write a Markdown report here")
     ap.add_argument(
         "--pretrain-steps",
@@ -163,7 +211,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    names = ["ce", *(f"consensus-{b}" for b in args.blobs)]
+    names = ["ce"]
+    names += [f"consensus-{b}" + ("" if beta == 5 else f"-beta{beta:g}") for b in args.blobs for beta in args.betas]
     runs: dict[str, list[dict]] = {n: [] for n in names}
     data = make_split("train", args.num_train, args.size, 0)  # the same faces for every seed
     test = make_split("test", args.num_test, args.size, 0)
@@ -202,7 +251,13 @@ def main() -> None:
             )
     total = time.perf_counter() - t0
     classes = get_label_set("cofw_occlusion").classes
-    label = {n: "softmax + CE" if n == "ce" else f"structure via consensus ({n.split('-')[1]} blobs)" for n in names}
+    label = {
+        n: "softmax + CE"
+        if n == "ce"
+        else f"structure via consensus ({n.split('-')[1]} blobs"
+        + (f", beta {n.split('-')[2][len('beta') :]})" if n.count("-") > 1 else ")")
+        for n in names
+    }
     lines = [
         "# Consensus loss vs cross-entropy: sparsity at equal steps (synthetic occluded faces)",
         "",
@@ -213,7 +268,7 @@ def main() -> None:
         f"Command: `nice -n 10 python benchmarks/consensus_sparsity.py --steps {args.steps} "
         f"--batch-size {args.batch_size} --size {args.size} --num-train {args.num_train} "
         f"--num-test {args.num_test} --lr {args.lr} --seeds {' '.join(map(str, args.seeds))} "
-        f"--width {args.width} --blobs {' '.join(args.blobs)}"
+        f"--width {args.width} --blobs {' '.join(args.blobs)} --betas {' '.join(f'{b:g}' for b in args.betas)} --eval-every {args.eval_every} --threads {args.threads}"
         + (
             f" --pretrain-steps {args.pretrain_steps} --pretrain-lr {args.pretrain_lr} "
             f"--num-finetune {args.num_finetune}"
@@ -226,7 +281,7 @@ def main() -> None:
         f"{args.size} x {args.size}, 3 classes (background, face, occlusion), {args.num_train} training / "
         f"{args.num_test} test synthetic faces, every face with an occluder; Adam lr {args.lr}, batch "
         f"{args.batch_size}, random flips, {args.steps} steps. For each seed (initial weights and batch "
-        "order) every loss sees the same initial weights and batches. Consensus loss: alpha 10, beta 5, "
+        "order) every loss sees the same initial weights and batches. Consensus loss: alpha 10, beta 5 unless named, "
         "paper normalisation; blobs = one per class per image (official practice), 8-connected components "
         "of each class, or given = the paper's C map (background, face, one blob per occluder component; "
         "Eq. 2). Sparsity = mean over test images of |#components(GT) - #components(prediction)|, "
@@ -273,6 +328,7 @@ def main() -> None:
             pc = np.mean([r["curve"][i][1]["sparsity_per_class"] for r in runs[n]])
             cells.append(f"{face:.2f} / {pc:.2f}")
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    lines += _paired_summary(runs, names, label, args.seeds)
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:

@@ -131,7 +131,11 @@ def main() -> None:
     )
     ap.add_argument("--eval-every", type=int, default=0, help="also score the test set every N steps")
     ap.add_argument(
-        "--models", nargs="*", default=list(MODELS), help="subset to train (run subsets in parallel processes)"
+        "--models",
+        nargs="*",
+        default=list(MODELS),
+        choices=list(MODELS),
+        help="subset to train (run subsets in parallel processes)",
     )
     ap.add_argument("--json-dir", type=Path, default=Path("benchmarks/results/segface_vs_unet_runs"))
     ap.add_argument(
@@ -198,8 +202,13 @@ def main() -> None:
         + "), "
         f"AdamW lr {args.lr:g} wd {args.weight_decay:g}, {args.warmup}-step warm-up + cosine, no pretrained "
         "weights; SegFace's backbone BatchNorm momentum set to 0.1 (`bn_momentum=0.1`, as U-Net's). "
-        "`unet (mobilenet_v3_large)` has the same MobileNetV3-L backbone (timm's build; SegFace uses torchvision's), so mainly the decoders differ. "
-        "Test metric: dataset-level F1 per class (`FaceParsingMetrics`); mean F1 excludes background. "
+        + (
+            "`unet (mobilenet_v3_large)` has the same MobileNetV3-L backbone (timm's build; SegFace uses "
+            "torchvision's), so mainly the decoders differ. "
+            if "unet (mobilenet_v3_large)" in labels
+            else ""
+        )
+        + "Test metric: dataset-level F1 per class (`FaceParsingMetrics`); mean F1 excludes background. "
         "Rare classes (share of synthetic faces): eyeglasses 12 %, earring 8 %, hat 7 %, necklace 6 %.",
         "",
         "| model | params (M) | train time (s) | mean F1 | rare-class mean F1 |",
