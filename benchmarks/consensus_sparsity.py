@@ -94,8 +94,12 @@ def train(
     eval_every: int,
     width: int,
     init: dict | None = None,
+    beta: float = 5.0,
 ) -> dict:
-    """Train one model; ``init`` is a state dict to start from (fine-tuning), else random init."""
+    """Train one model; ``init`` is a state dict to start from (fine-tuning), else random init.
+
+    ``loss_name`` is ``"ce"`` or ``"consensus-{class,components,given}..."``; ``beta`` weighs the
+    consensus term of Eq. 8."""
     images, masks, blob_maps = data
     torch.manual_seed(seed)
     model = faceparse.build_model("consensus_net", width=width)
@@ -115,10 +119,8 @@ def train(
         logits = model(x)
         if loss_name == "ce":
             loss = F.cross_entropy(logits, y)
-        else:  # "consensus-{class,components,given}[-beta{B}]" (given = the C map; beta 5 unless named)
-            parts = loss_name.split("-")
-            mode = parts[1]
-            beta = float(parts[2][len("beta") :]) if len(parts) > 2 else 5.0
+        else:  # blobs: one per class, 8-connected components, or given (the paper's C map)
+            mode = loss_name.split("-")[1]
             loss = consensus_loss(logits, y, 10.0, beta, blobs=mode, blob_ids=c if mode == "given" else None)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -211,8 +213,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    names = ["ce"]
-    names += [f"consensus-{b}" + ("" if beta == 5 else f"-beta{beta:g}") for b in args.blobs for beta in args.betas]
+    betas = {"ce": 5.0}  # run name -> beta of Eq. 8 (unused for CE)
+    betas.update(
+        {f"consensus-{b}" + ("" if beta == 5 else f"-beta{beta:g}"): beta for b in args.blobs for beta in args.betas}
+    )
+    names = list(betas)
     runs: dict[str, list[dict]] = {n: [] for n in names}
     data = make_split("train", args.num_train, args.size, 0)  # the same faces for every seed
     test = make_split("test", args.num_test, args.size, 0)
@@ -247,6 +252,7 @@ def main() -> None:
                     args.eval_every,
                     args.width,
                     init,
+                    betas[name],
                 )
             )
     total = time.perf_counter() - t0
@@ -255,7 +261,8 @@ def main() -> None:
         n: "softmax + CE"
         if n == "ce"
         else f"structure via consensus ({n.split('-')[1]} blobs"
-        + (f", beta {n.split('-')[2][len('beta') :]})" if n.count("-") > 1 else ")")
+        + ("" if betas[n] == 5 else f", beta {betas[n]:g}")
+        + ")"
         for n in names
     }
     lines = [
