@@ -11,7 +11,8 @@ Stage 1 trains an MCT-ViT on image-level labels (derived from the synthetic mask
 
 Each variant writes FCAM pseudo masks for the training images with ``faceparse pseudo-labels cam``
 (multi-scale 1.0/0.75/1.25 + flip, theta 0.5, restricted to the image-level labels; the affinity
-refinement only with ``--refine``: the attention of a from-scratch ViT smears the maps) and their mean F1 against the true masks is reported (the pattern of DisFaceRep Table 3).
+refinement only with ``--refine``: the attention of a from-scratch ViT smears the maps) and their
+mean F1 against the true masks is reported (the pattern of DisFaceRep Table 3).
 Stage 2 trains a U-Net (ResNet-18) on each variant's pseudo masks through the ``pseudo`` dataset
 and reports mean F1 on the validation split's true masks.
 

@@ -179,9 +179,8 @@ def test_validation_fcams_follow_the_refine_setting(trained, monkeypatch):
     expected = {r: direct(r) for r in (True, False)}
     assert not torch.equal(expected[True], expected[False])  # the two settings do differ here
     for refine in (True, False):
-        task.hparams.refine = refine
+        monkeypatch.setitem(task.hparams, "refine", refine)  # restored even if an assertion fails
         task.val_metrics.reset()
         with torch.no_grad():
             task.validation_step(batch, 0)
         assert torch.equal(task.val_metrics.confmat, expected[refine])
-    task.hparams.refine = True
