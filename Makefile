@@ -8,7 +8,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 # Installs the package (editable) with its dependencies unless they are already importable.
 install:
-	@$(PYTHON) -c "import importlib.metadata as m; m.version('faceparse'); import torch, torchvision, timm, segmentation_models_pytorch, albumentations, pytorch_lightning, torchmetrics, safetensors, cv2, jsonargparse, h5py" 2>/dev/null \
+	@$(PYTHON) -c "import importlib.metadata as m; m.version('faceparse'); import torch, torchvision, timm, segmentation_models_pytorch, albumentations, pytorch_lightning, torchmetrics, safetensors, cv2, jsonargparse, h5py, skimage" 2>/dev/null \
 	  || $(PIP) install -e .
 
 install-test:

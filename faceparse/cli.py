@@ -147,7 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--out-dir", default=None, help="write outputs here instead of next to each image")
     pred.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     pred.add_argument("--input-size", type=int, default=None)
-    pred.add_argument("--detect-faces", action="store_true", help="find faces (offline cascade) and parse each crop")
+    pred.add_argument(
+        "--detect-faces",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="find faces (scikit-image's offline LBP cascade) and parse each in its own crop (default: on; "
+        "--no-detect-faces parses the whole image, e.g. for pre-cropped faces)",
+    )
+    pred.add_argument(
+        "--no-face",
+        choices=["whole", "skip"],
+        default="whole",
+        help="when no face is found: parse the whole image with a warning (default) or skip the image",
+    )
     pred.add_argument("--occlusion", action="store_true", help="S3POT model: write <stem>_occlusion.png masks instead")
 
     lst = sub.add_parser("list", help="list registered models, losses, datasets or label sets")
@@ -175,12 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in predict_occlusion(args.model, args.images, args.out_dir):
                 print(f"wrote {path}")
         elif args.command == "predict":
-            from .inference import predict_files
-
-            for labels, over in predict_files(
-                args.model, args.images, args.out_dir, args.flip, args.input_size, args.detect_faces
-            ):
-                print(f"wrote {labels} and {over}")
+            return _predict(args)
         elif args.command == "list":
             _list(args.what, args.pattern)
         else:
@@ -193,6 +200,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """``faceparse predict``: every readable image is written; the unreadable ones are listed (exit 2)."""
+    from .inference import predict_files
+
+    def show(path: str, result: object) -> None:
+        if isinstance(result, Exception):
+            print(f"error: {result}", file=sys.stderr)
+            return
+        faces = len(result.faces)  # type: ignore[attr-defined]
+        how = f"{faces} face{'s' if faces != 1 else ''}" if args.detect_faces else "whole image"
+        if args.detect_faces and not result.face_found:  # type: ignore[attr-defined]
+            print(f"warning: no face found in '{path}'; parsed the whole image", file=sys.stderr)
+            how = "whole image"
+        print(f"{path}: {how}")
+
+    report = predict_files(
+        args.model,
+        args.images,
+        args.out_dir,
+        flip_tta=args.flip,
+        input_size=args.input_size,
+        detect_faces=args.detect_faces,
+        no_face=args.no_face,
+        on_result=show,
+    )
+    for labels, over in report.written:
+        print(f"wrote {labels} and {over}")
+    if report.failed:
+        print(
+            f"error: {len(report.failed)} of {len(args.images)} image(s) failed: " + ", ".join(report.failed),
+            file=sys.stderr,
+        )
+        return 2
+    return 0
 
 
 def _list(what: str, pattern: str) -> None:

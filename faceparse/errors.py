@@ -24,14 +24,23 @@ class MissingDependencyError(FaceParseError, ImportError):
     """An optional dependency (an extra such as ``faceparse[sam]``) is not installed."""
 
 
-def require(module: str, extra: str):
-    """Import ``module`` or raise a clear error naming the extra that provides it."""
+def require(module: str, extra: str | None):
+    """Import ``module`` or raise a clear error naming the extra that provides it.
+
+    ``extra=None`` marks a core dependency: the message asks to reinstall faceparse.
+    """
     import importlib
 
     try:
         return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - depends on environment
+    except ImportError as exc:
+        top = module.split(".")[0]
+        if extra is None:
+            hint = "it is a core dependency of faceparse; reinstall it with: pip install -e . (from the checkout)"
+        else:
+            hint = (
+                f"install it with: pip install -e '.[{extra}]' (from the checkout) or pip install 'faceparse[{extra}]'"
+            )
         raise MissingDependencyError(
-            f"this feature needs the optional package '{module}', which is not installed; "
-            f"install it with: pip install 'faceparse[{extra}]'"
+            f"this feature needs the package '{top}' (module '{module}'), which is not installed; {hint}"
         ) from exc

@@ -22,6 +22,7 @@ scikit-image, which provide the detectors but no crop/paste utilities).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,40 +33,29 @@ import numpy as np
 import torch
 
 from .errors import FaceParseError, require
+from .images import read_image as _read_image
+from .images import to_rgb
 from .labels import LabelSet
 from .models.base import FaceParsingModel, load_model
 from .viz import overlay
+
+NO_FACE_POLICIES = ("whole", "background", "error")
+
+
+class NoFaceWarning(UserWarning):
+    """Face detection found no face in an image; the whole image was parsed instead."""
+
 
 Box = tuple[float, float, float, float]
 Crop = tuple[int, int, int]  # x0, y0, side of a square crop (may extend past the image)
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB uint8; clear errors for missing or unreadable files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FaceParseError(f"image '{path}' does not exist")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise FaceParseError(f"cannot read image '{path}': not a readable image file (expected JPEG, PNG, BMP...)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """Read an image file as RGB uint8 with its EXIF orientation applied (:func:`faceparse.images.read_image`)."""
+    return _read_image(path, exif=True, expected="an image file (JPEG, PNG, BMP, TIFF...)")
 
 
-def to_rgb_array(image: Any) -> np.ndarray:
-    """Accept a path, a numpy array (H x W or H x W x 3/4, RGB) or a PIL image; return RGB uint8."""
-    if isinstance(image, (str, Path)):
-        return read_image(image)
-    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
-        return np.asarray(image.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise FaceParseError(f"expected an H x W x 3 RGB image, got an array of shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr[..., :3])
+to_rgb_array = to_rgb  # accepts a path, a numpy array or a PIL image
 
 
 # ---------------------------------------------------------------------------- face detection
@@ -100,7 +90,7 @@ class FaceDetector:
 
     def _resolve(self, backend: str) -> str:
         if backend == "auto":
-            return "opencv" if self.opencv_cascade_path() else "skimage"
+            return "skimage"  # a core dependency: the same detector whatever OpenCV build is installed
         if backend == "opencv" and not self.opencv_cascade_path():
             raise FaceParseError(
                 "face detector backend 'opencv' needs cv2.CascadeClassifier and "
@@ -116,8 +106,8 @@ class FaceDetector:
             if self.backend == "opencv":
                 self._impl = cv2.CascadeClassifier(self.opencv_cascade_path())
             else:
-                skdata = require("skimage.data", "examples")
-                skfeature = require("skimage.feature", "examples")
+                skdata = require("skimage.data", None)
+                skfeature = require("skimage.feature", None)
                 self._impl = skfeature.Cascade(skdata.lbp_frontal_face_cascade_filename())
         return self._impl
 
@@ -213,6 +203,7 @@ class Prediction:
         faces: detected face boxes ``(x0, y0, x1, y1)`` in pixels (empty without detection or
             when none was found).
         crops: the square crops ``(x0, y0, side)`` that were parsed.
+        face_found: False when face detection ran and found no face (see ``Predictor.no_face``).
     """
 
     labels: np.ndarray
@@ -221,6 +212,7 @@ class Prediction:
     probs: np.ndarray | None = None
     faces: list[Box] = field(default_factory=list)
     crops: list[Crop] = field(default_factory=list)
+    face_found: bool = True
 
     def overlay(self, alpha: float = 0.5, draw_faces: bool = False) -> np.ndarray:
         """The image blended with the coloured label map (optionally with face boxes in green)."""
@@ -248,6 +240,10 @@ class Predictor:
             nets on CPU; see ``faceparse bench --variants``).
         detector: a callable ``image -> list of (x0, y0, x1, y1)`` replacing the cascade
             (implies ``detect_faces``).
+        no_face: what to do when detection finds no face in an image: ``"whole"`` (default)
+            parses the whole image and warns (:class:`NoFaceWarning`), ``"background"`` returns an
+            all-background label map, ``"error"`` raises :class:`~faceparse.errors.FaceParseError`.
+            Either way ``Prediction.face_found`` is False.
     """
 
     def __init__(
@@ -261,7 +257,11 @@ class Predictor:
         batch_size: int = 8,
         channels_last: bool = False,
         detector: Callable[[np.ndarray], Sequence[Box]] | None = None,
+        no_face: str = "whole",
     ) -> None:
+        if no_face not in NO_FACE_POLICIES:
+            raise FaceParseError(f"no_face='{no_face}'; expected one of {', '.join(NO_FACE_POLICIES)}")
+        self.no_face = no_face
         self.model = (load_model(model) if isinstance(model, (str, Path)) else model).to(device).eval()
         self.device = torch.device(device)
         self.channels_last = channels_last
@@ -306,19 +306,32 @@ class Predictor:
         return (x - self.mean) / self.std
 
     # ------------------------------------------------------------------ public
-    def crops_for(self, image: np.ndarray) -> tuple[list[Box], list[Crop]]:
-        """Detected faces and the square crops to parse for one RGB image."""
+    def crops_for(self, image: np.ndarray, name: str = "image") -> tuple[list[Box], list[Crop]]:
+        """Detected faces and the square crops to parse for one RGB image (see ``no_face``)."""
         faces = [tuple(map(float, b[:4])) for b in self.detector(image)] if self.detect_faces else []
         crops = [expand_box(b, self.margin) for b in faces]  # type: ignore[arg-type]
-        return faces, crops or [whole_image_crop(*image.shape[:2])]  # type: ignore[return-value]
+        if crops or not self.detect_faces:
+            return faces, crops or [whole_image_crop(*image.shape[:2])]  # type: ignore[return-value]
+        if self.no_face == "error":
+            raise FaceParseError(f"no face found in {name} (pass no_face='whole' to parse the whole image)")
+        if self.no_face == "background":
+            return [], []
+        warnings.warn(
+            f"no face found in {name}; parsing the whole image (no_face='background' or 'error' to change)",
+            NoFaceWarning,
+            stacklevel=3,
+        )
+        return [], [whole_image_crop(*image.shape[:2])]
 
     @torch.inference_mode()
     def predict(self, images: Iterable[Any] | Any, return_probs: bool = False) -> list[Prediction]:
         """Parse images (paths, arrays, PIL images, or a list of them); one :class:`Prediction` each."""
         if isinstance(images, (str, Path, np.ndarray)) or hasattr(images, "convert"):
             images = [images]
+        images = list(images)
         arrays = [to_rgb_array(im) for im in images]
-        plans = [self.crops_for(arr) for arr in arrays]
+        names = [f"'{im}'" if isinstance(im, (str, Path)) else f"image {i}" for i, im in enumerate(images)]
+        plans = [self.crops_for(arr, name) for arr, name in zip(arrays, names)]
         jobs = [(i, c) for i, (_, crops) in enumerate(plans) for c in crops]
         probs: list[np.ndarray] = []
         for k in range(0, len(jobs), self.batch_size):
@@ -329,6 +342,7 @@ class Predictor:
         for i, arr in enumerate(arrays):
             mine = [(c, p) for (j, c), p in zip(jobs, probs) if j == i]
             results.append(self._paste(arr, mine, plans[i][0], return_probs))
+            results[-1].face_found = bool(plans[i][0]) or not self.detect_faces
         return results
 
     __call__ = predict
@@ -401,22 +415,87 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
+@dataclass
+class PredictReport:
+    """What :func:`predict_files` wrote, and which inputs failed (path -> reason)."""
+
+    written: list[tuple[Path, Path]] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    no_face: list[str] = field(default_factory=list)
+
+    def __iter__(self):  # backwards compatible: iterating gives the (labels, overlay) pairs
+        return iter(self.written)
+
+    def __len__(self) -> int:
+        return len(self.written)
+
+
 def predict_files(
     model_dir: str | Path,
     images: Sequence[str | Path],
     out_dir: str | Path | None = None,
     flip_tta: bool = False,
     input_size: int | None = None,
-    detect_faces: bool = False,
-) -> list[tuple[Path, Path]]:
-    """Parse image files and write their label and overlay PNGs.
+    detect_faces: bool = True,
+    no_face: str = "whole",
+    batch_size: int = 8,
+    on_result: Callable[[str, Any], None] | None = None,
+) -> PredictReport:
+    """Parse image files and write ``<stem>_labels.png`` and ``<stem>_overlay.png`` for each.
 
-    Every input is checked before anything is written, so bad input leaves nothing half-done.
-    With ``detect_faces`` each detected face is parsed in its own crop (see :class:`Predictor`).
+    Faces are detected by default (:class:`FaceDetector`) and each is parsed in its own crop. An
+    image with no face is parsed whole (``no_face="whole"``, listed in
+    :attr:`PredictReport.no_face`) or skipped and listed as failed (``no_face="skip"``). Images that
+    cannot be read are skipped and listed in :attr:`PredictReport.failed`; the good images are still
+    written. ``on_result(path, prediction_or_error)`` is called after each image.
     """
     if not images:
         raise FaceParseError("no input images given")
-    arrays = [read_image(p) for p in images]  # validates all inputs first
-    predictor = Predictor(model_dir, input_size=input_size, flip_tta=flip_tta, detect_faces=detect_faces)
-    preds = predictor.predict(arrays)
-    return [write_prediction(p, path, out_dir) for p, path in zip(preds, images)]
+    if no_face not in ("whole", "skip"):
+        raise FaceParseError(f"no_face='{no_face}'; expected 'whole' or 'skip'")
+    predictor = Predictor(
+        model_dir,
+        input_size=input_size,
+        flip_tta=flip_tta,
+        detect_faces=detect_faces,
+        no_face="whole" if no_face == "whole" else "background",
+        batch_size=batch_size,
+    )
+    report = PredictReport()
+    pending: list[tuple[str, np.ndarray]] = []
+
+    def fail(path: str, reason: Any) -> None:
+        report.failed[path] = str(reason)
+        if on_result:
+            on_result(path, reason if isinstance(reason, Exception) else FaceParseError(str(reason)))
+
+    def flush() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NoFaceWarning)  # reported per file through the report
+            preds = predictor.predict([arr for _, arr in pending])
+        for (path, _), pred in zip(pending, preds):
+            if not pred.face_found:
+                if no_face == "skip":
+                    fail(path, f"no face found in '{path}'")
+                    continue
+                report.no_face.append(path)
+            try:
+                report.written.append(write_prediction(pred, path, out_dir))
+            except (FaceParseError, OSError) as exc:
+                fail(path, FaceParseError(f"cannot write the outputs of '{path}': {exc}"))
+                continue
+            if on_result:
+                on_result(path, pred)
+        pending.clear()
+
+    for path in images:
+        try:
+            pending.append((str(path), read_image(path)))
+        except FaceParseError as exc:
+            fail(str(path), exc)
+            continue
+        if len(pending) >= predictor.batch_size:
+            flush()
+    if pending:
+        flush()
+    return report

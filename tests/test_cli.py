@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,17 +32,35 @@ def test_predict_writes_labels_and_overlay_at_original_size(tmp_path, model_dir)
     assert labels.max() < 19
 
 
-def test_predict_bad_inputs_write_nothing(tmp_path, model_dir, capsys):
+def test_predict_writes_the_good_images_and_lists_the_bad_ones(tmp_path, model_dir, capsys):
     good = _write_image(tmp_path / "good.png")
-    assert main(["predict", str(good), str(tmp_path / "missing.jpg"), "--model", str(model_dir)]) == 2
-    assert "missing.jpg" in capsys.readouterr().err
-    assert not (tmp_path / "good_labels.png").exists()
+    rc = main(["predict", str(good), str(tmp_path / "missing.jpg"), "--model", str(model_dir)])
+    out = capsys.readouterr()
+    assert rc == 2  # some inputs failed
+    assert "missing.jpg" in out.err and "1 of 2 image(s) failed" in out.err
+    assert (tmp_path / "good_labels.png").is_file()  # the good image is still parsed
+    assert "no face found in" in out.err  # random noise has no face: warned, then parsed whole
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image at all")
     assert main(["predict", str(broken), "--model", str(model_dir)]) == 2
-    assert "cannot read image" in capsys.readouterr().err
+    assert "cannot read" in capsys.readouterr().err
     assert main(["predict", str(good), "--model", str(tmp_path / "nomodel")]) == 2
-    assert not list(tmp_path.glob("*_labels.png"))
+    assert not (tmp_path / "broken_labels.png").exists()
+
+
+def test_predict_skip_faceless_and_truncated_png_is_quiet(tmp_path, model_dir):
+    good = _write_image(tmp_path / "noise.png")
+    data = (tmp_path / "noise.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    proc = subprocess.run(
+        [sys.executable, "-m", "faceparse.cli", "predict", str(good), str(tmp_path / "cut.png"),
+         "--model", str(model_dir), "--no-face", "skip"],
+        capture_output=True, text=True, env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"),
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "libpng" not in proc.stderr  # no library noise before faceparse's own message
+    assert proc.stderr.startswith("error:") and "cut.png" in proc.stderr and "no face found" in proc.stderr
+    assert not list(tmp_path.glob("*_labels.png"))  # skipped: the noise image has no face
 
 
 def test_list_and_unknown_names(capsys):

@@ -10,7 +10,7 @@ from PIL import Image
 import faceparse
 from faceparse.cli import main
 from faceparse.errors import FaceParseError
-from faceparse.inference import FaceDetector, Predictor, crop_square, expand_box, whole_image_crop
+from faceparse.inference import FaceDetector, NoFaceWarning, Predictor, crop_square, expand_box, whole_image_crop
 from faceparse.labels import get_label_set
 from faceparse.models.base import FaceParsingModel
 
@@ -71,8 +71,17 @@ def test_detector_finds_the_astronauts_face(astronaut):
     # the face of the astronaut is around x 180-270, y 70-170 in the 512 x 512 photo
     assert 150 < (x0 + x1) / 2 < 250 and 90 < (y0 + y1) / 2 < 150
     assert 60 < x1 - x0 < 140
-    # no face in a photo without one
+    # no face in a photo without one; the predictor warns and parses the whole image
     assert FaceDetector()(skimage_data.coffee()) == []
+    with pytest.warns(NoFaceWarning, match="no face found"):
+        pred = Predictor(RedIsSkin(), detect_faces=True).predict(skimage_data.coffee())[0]
+    assert not pred.face_found and pred.crops == [whole_image_crop(*skimage_data.coffee().shape[:2])]
+    assert (
+        Predictor(RedIsSkin(), detect_faces=True, no_face="background").predict(skimage_data.coffee())[0].labels.max()
+        == 0
+    )
+    with pytest.raises(FaceParseError, match="no face found"):
+        Predictor(RedIsSkin(), detect_faces=True, no_face="error").predict(skimage_data.coffee())
 
 
 def test_predictor_on_a_real_photograph(astronaut, tiny_unet, tmp_path):
@@ -91,11 +100,21 @@ def test_predictor_on_a_real_photograph(astronaut, tiny_unet, tmp_path):
     assert over.shape == astronaut.shape and over.dtype == np.uint8
 
 
-def test_predict_command_writes_overlay_png(astronaut, tiny_unet, tmp_path):
+def test_predict_command_writes_overlay_png(astronaut, tiny_unet, tmp_path, capsys):
     tiny_unet.save_pretrained(tmp_path / "model")
-    Image.fromarray(astronaut).save(tmp_path / "astronaut.jpg")
-    rc = main(["predict", str(tmp_path / "astronaut.jpg"), "--model", str(tmp_path / "model"), "--detect-faces"])
+    Image.fromarray(astronaut).save(tmp_path / "astronaut.png")
+    # the README's command, no extra flag: faces are detected by default
+    rc = main(["predict", str(tmp_path / "astronaut.png"), "--model", str(tmp_path / "model")])
     assert rc == 0
+    out = capsys.readouterr()
+    assert "astronaut.png: 1 face" in out.out and "warning" not in out.err
+    labels = np.asarray(Image.open(tmp_path / "astronaut_labels.png"))
+    rows, cols = np.nonzero(labels != LS.background)  # labels only inside the face crop, not on the rocket
+    assert rows.size and cols.min() > 60 and cols.max() < 390 and rows.max() < 300
+    assert main(["predict", str(tmp_path / "astronaut.png"), "--model", str(tmp_path / "model"),
+                 "--no-detect-faces", "--out-dir", str(tmp_path / "whole")]) == 0  # fmt: skip
+    whole = np.asarray(Image.open(tmp_path / "whole" / "astronaut_labels.png"))
+    assert (whole != LS.background).sum() > (labels != LS.background).sum()
     overlay = np.asarray(Image.open(tmp_path / "astronaut_overlay.png"))
     labels = np.asarray(Image.open(tmp_path / "astronaut_labels.png"))
     assert overlay.shape == (512, 512, 3) and labels.shape == (512, 512)

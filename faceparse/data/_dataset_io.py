@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from faceparse.errors import FaceParseError
+from faceparse.images import pil_to_rgb
 
 IGNORE_INDEX = 255
 
@@ -52,9 +53,9 @@ def read_rgb(path: str | os.PathLike, min_size: tuple[int, int] | None = None) -
     stays at least that large -- much faster when the caller downsamples anyway.
     """
     img = _open(Path(path), "a complete RGB or grayscale image", draft=min_size)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.array(img, dtype=np.uint8)
+    if img.mode == "RGB":
+        return np.array(img, dtype=np.uint8)
+    return pil_to_rgb(img, where=f"'{path}'")  # 16-bit/float scaled by their range, not clipped
 
 
 def read_gray(path: str | os.PathLike, expected: str = "a single-channel label image") -> np.ndarray:
