@@ -161,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="when no face is found: parse the whole image with a warning (default) or skip the image",
     )
     pred.add_argument("--occlusion", action="store_true", help="S3POT model: write <stem>_occlusion.png masks instead")
+    pred.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="onnxruntime: run the model's exported model.onnx (or --model FILE.onnx) from `faceparse export`",
+    )
 
     lst = sub.add_parser("list", help="list registered models, losses, datasets or label sets")
     lst.add_argument("what", choices=["models", "losses", "datasets", "label-sets"])
@@ -226,6 +232,7 @@ def _predict(args: argparse.Namespace) -> int:
         detect_faces=args.detect_faces,
         no_face=args.no_face,
         on_result=show,
+        backend=args.backend,
     )
     for labels, over in report.written:
         print(f"wrote {labels} and {over}")

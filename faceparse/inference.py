@@ -244,6 +244,9 @@ class Predictor:
             parses the whole image and warns (:class:`NoFaceWarning`), ``"background"`` returns an
             all-background label map, ``"error"`` raises :class:`~faceparse.errors.FaceParseError`.
             Either way ``Prediction.face_found`` is False.
+        backend: ``"torch"`` (default) or ``"onnxruntime"``: then ``model`` is an ``.onnx`` file
+            written by ``faceparse export`` (or a model directory containing ``model.onnx``), run
+            by :class:`faceparse.export.OnnxModel` (needs the ``onnx`` extra).
     """
 
     def __init__(
@@ -258,10 +261,18 @@ class Predictor:
         channels_last: bool = False,
         detector: Callable[[np.ndarray], Sequence[Box]] | None = None,
         no_face: str = "whole",
+        backend: str = "torch",
     ) -> None:
         if no_face not in NO_FACE_POLICIES:
             raise FaceParseError(f"no_face='{no_face}'; expected one of {', '.join(NO_FACE_POLICIES)}")
         self.no_face = no_face
+        if backend not in ("torch", "onnxruntime"):
+            raise FaceParseError(f"backend='{backend}'; expected 'torch' or 'onnxruntime'")
+        if backend == "onnxruntime" and isinstance(model, (str, Path)):
+            from .export import OnnxModel
+
+            model = OnnxModel(model)  # type: ignore[assignment]
+        self.backend = backend
         self.model = (load_model(model) if isinstance(model, (str, Path)) else model).to(device).eval()
         self.device = torch.device(device)
         self.channels_last = channels_last
@@ -440,6 +451,7 @@ def predict_files(
     no_face: str = "whole",
     batch_size: int = 8,
     on_result: Callable[[str, Any], None] | None = None,
+    backend: str = "torch",
 ) -> PredictReport:
     """Parse image files and write ``<stem>_labels.png`` and ``<stem>_overlay.png`` for each.
 
@@ -447,7 +459,8 @@ def predict_files(
     image with no face is parsed whole (``no_face="whole"``, listed in
     :attr:`PredictReport.no_face`) or skipped and listed as failed (``no_face="skip"``). Images that
     cannot be read are skipped and listed in :attr:`PredictReport.failed`; the good images are still
-    written. ``on_result(path, prediction_or_error)`` is called after each image.
+    written. ``on_result(path, prediction_or_error)`` is called after each image. ``backend``:
+    ``"torch"`` or ``"onnxruntime"`` (``model_dir`` may then be an ``.onnx`` file, see :class:`Predictor`).
     """
     if not images:
         raise FaceParseError("no input images given")
@@ -460,6 +473,7 @@ def predict_files(
         detect_faces=detect_faces,
         no_face="whole" if no_face == "whole" else "background",
         batch_size=batch_size,
+        backend=backend,
     )
     report = PredictReport()
     pending: list[tuple[str, np.ndarray]] = []
