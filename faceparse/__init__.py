@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see faceparse.runtime: no spinning on shared cores
 
 from typing import Any  # noqa: E402
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from .labels import get_label_set
+from .runtime import available_cpus, configure_threads
 from .metrics import per_class_table
 from .viz import overlay
 
@@ -68,6 +70,20 @@ def run_demo(
         scheduler="cosine",
         warmup_steps=50,
     )
+    threads = configure_threads()
+    steps = epochs * (num_train // batch_size)
+    step_s = _seconds_per_step(task, batch_size, image_size)
+    estimate = steps * step_s + (num_val / batch_size) * step_s / 3
+    arch = f"{model} ({encoder})" if model in _ARCHS else model
+    print(
+        f"faceparse demo plan: train {arch} on {num_train} synthetic faces at {image_size} px, "
+        f"{epochs} epoch(s) x {num_train // batch_size} steps of batch {batch_size}, then validate on {num_val}\n"
+        f"  {threads} torch thread(s) on {available_cpus()} available core(s); one step takes {step_s:.2f} s now, "
+        f"so training should take about {_minutes(estimate)} (257 s in all on a quiet 2-core CPU, "
+        "benchmarks/results/demo_time.md)",
+        flush=True,
+    )
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)  # GPU/TPU/tip lines
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
@@ -78,7 +94,6 @@ def run_demo(
         num_sanity_val_steps=0,
         check_val_every_n_epoch=epochs,
     )
-    print(f"faceparse demo: training {model} on {num_train} synthetic faces at {image_size}px for {epochs} epochs")
     trainer.fit(task, datamodule=dm)
     result = task.last_results["val"]
     label_set = get_label_set("celebamask_hq")
@@ -116,3 +131,28 @@ def run_demo(
     print(f"\nmean F1 (no background): {100 * summary['mean_f1']:.2f}  |  time: {elapsed:.0f} s")
     print(f"wrote {model_dir}/, {out / 'overlay.png'}, {out / 'metrics.json'}")
     return summary
+
+
+def _seconds_per_step(task, batch_size: int, image_size: int, repeats: int = 2) -> float:
+    """Seconds per training step, timed on a copy of the model (the real model stays untouched)."""
+    import copy
+
+    model = copy.deepcopy(task.model).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    x = torch.randn(batch_size, 3, image_size, image_size)
+    y = torch.randint(0, model.num_classes, (batch_size, image_size, image_size))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step()  # warm-up: first-call allocations and oneDNN kernel selection
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - start) / repeats
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"

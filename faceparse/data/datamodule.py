@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
 from ..labels import LabelSet
+from ..runtime import worker_init
 from ..registry import DATASETS
 from .base import collate
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -23,7 +24,9 @@ class FaceParsingDataModule(pl.LightningDataModule):
         dataset_kwargs: keyword arguments for every split (``root``, ``num_samples``...).
         train_kwargs, val_kwargs, test_kwargs: per-split overrides.
         image_size: input size of the model.
-        batch_size, num_workers: loader settings (``batch_size`` is per process under DDP).
+        batch_size, num_workers: loader settings (``batch_size`` is per process under DDP). Each
+            worker runs one torch thread and seeds numpy/random from torch's per-worker seed
+            (:func:`faceparse.runtime.worker_init`).
         train_split, val_split, test_split: split names passed as ``split=``.
         augment: training augmentation on the train split.
         mean, std: input normalisation (match the model's ``input_mean/std``).
@@ -109,6 +112,7 @@ class FaceParsingDataModule(pl.LightningDataModule):
             collate_fn=collate,
             drop_last=shuffle and len(self.build(stage)) > self.batch_size,
             persistent_workers=self.persistent_workers,
+            worker_init_fn=worker_init if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
