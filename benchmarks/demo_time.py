@@ -111,8 +111,7 @@ def main() -> None:
     if demo_rows:
         lines += ["| run | wall time | ratio | mean F1 |", "|---|---:|---:|---:|", *demo_rows, ""]
     lines += [
-        "Seconds per training step of the demo's U-Net (batch 8, 128 px, best of "
-        f"{args.repeats} interleaved runs):",
+        f"Seconds per training step of the demo's U-Net (batch 8, 128 px, best of {args.repeats} interleaved runs):",
         "",
         "| OpenMP wait policy | alone | beside one CPU hog | slowdown |",
         "|---|---:|---:|---:|",

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from .labels import get_label_set
-from .runtime import available_cpus, configure_threads
 from .metrics import per_class_table
+from .runtime import available_cpus, configure_threads
 from .viz import overlay
 
 

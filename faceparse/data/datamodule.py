@@ -10,8 +10,8 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
 from ..labels import LabelSet
-from ..runtime import worker_init
 from ..registry import DATASETS
+from ..runtime import worker_init
 from .base import collate
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
