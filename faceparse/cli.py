@@ -246,12 +246,21 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _list(what: str, pattern: str) -> None:
+    import fnmatch
+
     from . import DATASETS, LOSSES, MODELS, list_label_sets
 
     if what == "label-sets":
-        print("\n".join(list_label_sets()))
+        names = [n for n in list_label_sets() if fnmatch.fnmatchcase(n, pattern)]
+        if not names:
+            raise FaceParseError(f"no label set matches '{pattern}'; label sets: {', '.join(list_label_sets())}")
+        print("\n".join(names))
         return
     reg = {"models": MODELS, "losses": LOSSES, "datasets": DATASETS}[what]
+    if not reg.list(pattern):
+        raise FaceParseError(
+            f"no {what} match '{pattern}' (shell wildcards, e.g. 'segface_*'); {what}: {', '.join(reg.list())}"
+        )
     for name in reg.list(pattern):
         meta = reg.metadata(name)
         extra = f"  ({meta['paper']})" if "paper" in meta else ""

@@ -17,6 +17,7 @@ resize) and scored against the original label map.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from .errors import FaceParseError
 from .labels import IGNORE_INDEX, LabelSet, get_label_set
-from .registry import COMMANDS
+from .registry import COMMANDS, DATASETS
 
 
 def label_mapping(
@@ -156,7 +157,7 @@ def _update(metric: Any, logits: torch.Tensor, target: torch.Tensor, lut: torch.
 def evaluate_command(
     model_dir: str,
     dataset: str,
-    root: str,
+    root: str = "",
     split: str = "test",
     image_size: int = 512,
     batch_size: int = 8,
@@ -169,13 +170,20 @@ def evaluate_command(
 ) -> None:
     """Evaluate a saved model (``save_pretrained`` folder) on a dataset, across label sets if needed.
 
-    Example: ``faceparse evaluate runs/celeb_model lapa /data/LaPa --split test``.
+    Example: ``faceparse evaluate runs/celeb_model lapa --root /data/LaPa --split test``; the synthetic
+    dataset needs no root (``faceparse evaluate runs/model synthetic --split val``).
     """
     from . import build_dataset, load_model
     from .metrics import per_class_table
 
     model = load_model(model_dir)
-    kwargs: dict[str, Any] = {"root": root, "split": split, "image_size": image_size}
+    kwargs: dict[str, Any] = {"split": split, "image_size": image_size}
+    if root:
+        kwargs["root"] = root
+    elif "root" in inspect.signature(DATASETS.get(dataset)).parameters:
+        params = inspect.signature(DATASETS.get(dataset)).parameters
+        if params["root"].default is inspect.Parameter.empty:
+            raise FaceParseError(f"dataset '{dataset}' needs --root: the folder that holds it")
     kwargs["mean"], kwargs["std"] = tuple(model.input_mean), tuple(model.input_std)
     if align:
         kwargs["align"] = True

@@ -112,18 +112,23 @@ def format_report(reports: list[SplitReport]) -> str:
             lines.append(f"  {c:3d} {name:<12s} {100.0 * total[c] / labelled:7.3f} %")
         if total[IGNORE_INDEX]:
             lines.append(f"  ignore (255)     {total[IGNORE_INDEX]} pixels")
-    problems = [p for r in reports for p in r.problems]
+    problems = list(dict.fromkeys(p for r in reports for p in r.problems))  # a root problem once, not per split
     lines.append(f"{len(problems)} problem(s)" + (":" if problems else ""))
     lines.extend(f"  - {p}" for p in problems)
     return "\n".join(lines)
 
 
 @COMMANDS.register("datasets check")
-def datasets_check(root: str, dataset: str = "celebamask_hq", limit: int = 0, option: list[str] | None = None) -> None:
+def datasets_check(root: str, dataset: str = "", limit: int = 0, option: list[str] | None = None) -> None:
     """Validate a dataset folder: faces per split, class frequencies, and every problem found.
 
+    ``--dataset`` is required (the adapter decides what the folder should hold).
     ``--option key=value`` passes adapter arguments (e.g. ``--option mask_pattern={index1}.png``).
     """
+    if not dataset:
+        raise FaceParseError(
+            f"--dataset is required: which adapter should read '{root}'? one of {', '.join(DATASETS.list())}"
+        )
     kwargs: dict[str, Any] = {}
     for item in option or []:
         if "=" not in item:
@@ -134,6 +139,6 @@ def datasets_check(root: str, dataset: str = "celebamask_hq", limit: int = 0, op
         kwargs[key] = yaml.safe_load(value)
     reports = check_dataset(root, dataset, limit=limit, progress=True, **kwargs)
     print(format_report(reports))
-    n = sum(len(r.problems) for r in reports)
+    n = len({p for r in reports for p in r.problems})
     if n:
         raise FaceParseError(f"{n} problem(s) found in {dataset} dataset at '{root}' (listed above)")

@@ -98,18 +98,162 @@ class FaceParsingModel(nn.Module):
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
+
+        The save is atomic as a whole folder: a complete new folder is written beside the target and
+        swapped in (:func:`atomic_folder`), so a save killed at any point leaves the folder loading as
+        the old model or the new one. Other files already in the folder are kept.
+        """
         from safetensors.torch import save_file
 
-        directory = Path(directory)
         config = self.get_config()
-        directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(_dedupe_shared(state), str(tmp), metadata={"format": "pt"})
-        tmp.replace(directory / WEIGHTS_NAME)
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        with atomic_folder(directory) as tmp:
+            save_file(_dedupe_shared(state), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        return Path(directory)
+
+
+# ---------------------------------------------------------------------------- atomic folder writes
+# Hand-written: neither safetensors nor huggingface_hub replaces a folder atomically.
+_TMP_TAG = ".faceparse-tmp-"
+_OLD_TAG = ".faceparse-old-"
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux's renameat2(RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import os
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange)
+    return rc == 0
+
+
+def _fsync_tree(folder: Path) -> None:
+    import os
+
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _debris(directory: Path) -> list[Path]:
+    return [
+        p for p in directory.parent.glob(f".{directory.name}.faceparse-*") if _TMP_TAG in p.name or _OLD_TAG in p.name
+    ]
+
+
+def recover_folder(directory: str | Path) -> Path:
+    """Finish a swap that was killed between its two renames (only on systems without RENAME_EXCHANGE):
+    when ``directory`` is missing, the newest complete folder of the interrupted save takes its place."""
+    import os
+
+    directory = Path(directory)
+    if directory.exists():
         return directory
+    for tag in (_TMP_TAG, _OLD_TAG):  # a complete new folder first, else the old one
+        done = sorted(
+            (p for p in _debris(directory) if tag in p.name and (p / ".complete").is_file()),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        if done:
+            os.rename(done[0], directory)
+            (directory / ".complete").unlink(missing_ok=True)
+            break
+    return directory
+
+
+class atomic_folder:  # noqa: N801 - used as a context manager, like tempfile's helpers
+    """Context manager yielding a temporary folder beside ``directory`` that replaces it on success.
+
+    Files of an existing ``directory`` that the block does not write are carried over (hard links
+    where possible). On an exception the temporary folder is removed and ``directory`` is untouched.
+    Leftovers of an earlier interrupted save (``.<name>.faceparse-*`` beside it) are removed first.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def __enter__(self) -> Path:
+        import os
+        import shutil
+        import uuid
+
+        d = self.directory
+        if d.exists() and not d.is_dir():
+            raise FaceParseError(f"cannot save a model to '{d}': it is a file, not a folder")
+        d.parent.mkdir(parents=True, exist_ok=True)
+        recover_folder(d)
+        for junk in _debris(d):
+            shutil.rmtree(junk, ignore_errors=True)
+        self.tmp = d.parent / f".{d.name}{_TMP_TAG}{uuid.uuid4().hex[:8]}"
+        os.mkdir(self.tmp)
+        self.umask = os.umask(0)
+        os.umask(self.umask)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        import os
+        import shutil
+        import uuid
+
+        d, tmp = self.directory, self.tmp
+        if exc_type is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        try:
+            if d.is_dir():  # keep what else the folder holds (an exported model.onnx, notes...)
+                for item in d.iterdir():
+                    target = tmp / item.name
+                    if target.exists() or item.name == ".complete":
+                        continue
+                    if item.is_dir():
+                        shutil.copytree(item, target, copy_function=_link_or_copy, symlinks=True)
+                    else:
+                        _link_or_copy(item, target)
+            for p in [tmp, *tmp.rglob("*")]:  # ordinary permissions (temp files may be created 0600)
+                if not p.is_symlink():
+                    os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~self.umask)
+            (tmp / ".complete").touch()
+            _fsync_tree(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if not d.exists():
+            os.rename(tmp, d)
+        elif _exchange(tmp, d):  # tmp now holds the old folder
+            pass
+        else:  # two renames; recover_folder() completes a swap killed between them
+            old = d.parent / f".{d.name}{_OLD_TAG}{uuid.uuid4().hex[:8]}"
+            (d / ".complete").touch()
+            os.rename(d, old)
+            os.rename(tmp, d)
+            tmp = old
+        (d / ".complete").unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    import os
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -156,7 +300,7 @@ def load_model(
     """Rebuild a model saved with ``save_pretrained`` (config.json + model.safetensors)."""
     from safetensors.torch import load_file
 
-    directory = Path(directory)
+    directory = recover_folder(directory)
     if not directory.is_dir():
         raise MissingWeightsError(
             f"model directory '{directory}' does not exist (expected a folder written by save_pretrained)"

@@ -70,7 +70,7 @@ class SegmentationTask(pl.LightningModule):
         self.loss = build_task_loss(loss, loss_kwargs)
         self.val_metrics = FaceParsingMetrics(self.label_set)
         self.test_metrics = FaceParsingMetrics(self.label_set)
-        self.last_results: dict[str, dict[str, torch.Tensor]] = {}
+        self.last_results: dict[str, dict[str, float | torch.Tensor]] = {}  # scalars as floats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -99,7 +99,7 @@ class SegmentationTask(pl.LightningModule):
     def _eval_end(self, metrics: FaceParsingMetrics, prefix: str) -> None:
         result = metrics.compute()
         metrics.reset()
-        self.last_results[prefix] = {k: v.detach().cpu() for k, v in result.items()}
+        self.last_results[prefix] = {k: float(v) if v.ndim == 0 else v.detach().cpu() for k, v in result.items()}
         for key in ("mean_f1", "miou", "pixel_acc"):
             self.log(f"{prefix}/{key}", result[key], prog_bar=key == "mean_f1")
         for i, name in enumerate(self.label_set.classes):

@@ -104,7 +104,7 @@ class WeaklySupervisedTask(pl.LightningModule):
             kw.update(tcd)
             self.tcd = TCDLoss(**kw)
         self.val_metrics = FaceParsingMetrics(self.label_set)
-        self.last_results: dict[str, dict[str, torch.Tensor]] = {}
+        self.last_results: dict[str, dict[str, float | torch.Tensor]] = {}  # scalars as floats
         self._val_seen = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +154,7 @@ class WeaklySupervisedTask(pl.LightningModule):
         self._val_seen = False
         result = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.last_results["val"] = {k: v.detach().cpu() for k, v in result.items()}
+        self.last_results["val"] = {k: float(v) if v.ndim == 0 else v.detach().cpu() for k, v in result.items()}
         self.log("val/pseudo_mean_f1", result["mean_f1"], prog_bar=True)
 
     def configure_optimizers(self) -> Any:
