@@ -50,15 +50,22 @@ def run_lightning(argv: list[str]) -> None:
             argv[i + 1] = resolve_config(argv[i + 1])
         elif arg.startswith("--config="):
             argv[i] = "--config=" + resolve_config(arg.split("=", 1)[1])
-    LightningCLI(
-        pl.LightningModule,
-        FaceParsingDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=argv,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    saved_argv = sys.argv
+    sys.argv = sys.argv[:1]  # the arguments arrive through args=; LightningCLI warns when both are set
+    try:
+        LightningCLI(
+            pl.LightningModule,
+            FaceParsingDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=argv,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            # logs and checkpoints of configs without their own logger go to runs/, not ./lightning_logs
+            trainer_defaults={"default_root_dir": "runs"},
+        )
+    finally:
+        sys.argv = saved_argv
 
 
 # ---------------------------------------------------------------------------- signature -> argparse
