@@ -51,9 +51,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import FaceParseError, require
-from .labels import LabelSet
-from .registry import COMMANDS, MODELS
+from faceparse.errors import FaceParseError, require
+from faceparse.labels import LabelSet
+from faceparse.registry import COMMANDS, MODELS
 
 DEFAULT_OPSET = 17
 # Parity defaults (see the module docstring): abs tolerance, tolerance relative to max |logit|, and
@@ -305,7 +305,13 @@ def _export_checked(
     # batch >= 2: torch.export specialises size-1 dimensions, which would fix the batch axis
     x = torch.randn(max(batch, 2), 3, *hw)
     check_batch = max(batch, 2) + 1
-    ref = _reference(model, hw, check_batch if check else 1)  # without check: for the output shape
+    try:
+        ref = _reference(model, hw, check_batch if check else 1)  # without check: for the output shape
+    except Exception as exc:  # noqa: BLE001 - reported with the model's name
+        raise FaceParseError(
+            f"could not export {type(model).__name__} to ONNX: the PyTorch model fails on a {hw[0]}x{hw[1]} input "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
     modes = [True, False] if dynamic_hw is None else [bool(dynamic_hw)]
     second_ref = None
     note = ""
@@ -335,7 +341,13 @@ def _export_checked(
         result = ExportResult(
             path=target, opset=opset_written, exporter=used, input_size=hw[0], dynamic_hw=dyn, metadata=metadata
         )
-        session = onnx_session(target)
+        try:
+            session = onnx_session(target)
+        except Exception as exc:  # noqa: BLE001 - an invalid graph: try the fixed size, else report
+            if dyn and not dynamic_hw:
+                note = f"onnxruntime cannot load the dynamic graph ({type(exc).__name__})"
+                continue
+            raise FaceParseError(f"onnxruntime cannot load the ONNX graph of {type(model).__name__}: {exc}") from exc
         if dyn:
             try:
                 parity = check_onnx(model, target, second, batch=1, session=session, reference=second_ref)
@@ -357,7 +369,14 @@ def _export_checked(
             result._add(parity)
         result.dynamic_hw_note = note
         if check:
-            parity = check_onnx(model, target, hw, batch=check_batch, session=session, reference=ref)
+            try:
+                parity = check_onnx(model, target, hw, batch=check_batch, session=session, reference=ref)
+            except FaceParseError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - onnxruntime fails on its own graph
+                raise FaceParseError(
+                    f"onnxruntime fails on the ONNX graph of {type(model).__name__} at {hw[0]}x{hw[1]}: {exc}"
+                ) from exc
             result._add(parity)
             if not parity.passes(atol, rtol, min_agreement):
                 raise FaceParseError(
@@ -491,7 +510,7 @@ def onnx_metadata(
     ``input_size`` (``[h, w]`` traced), ``dynamic_hw`` (``true``/``false``),
     ``faceparse_version``, ``registry_name``, ``model_class``.
     """
-    from . import __version__
+    from faceparse import __version__
 
     meta: dict[str, str] = {}
     label_set = getattr(model, "label_set", None)
