@@ -37,12 +37,12 @@ from torch.utils.data import DataLoader
 
 import faceparse
 from faceparse.data.base import collate
-from faceparse.data.ccd import boxes_from_mask
-from faceparse.data.pseudo_masks import pseudo_labels_cam
+from faceparse.data.disfacerep_ccd import boxes_from_mask
+from faceparse.data.disfacerep_pseudo_masks import pseudo_labels_cam
 from faceparse.metrics import FaceParsingMetrics
+from faceparse.models.mct_vit.text import TINY_CLIP_CONFIG
 from faceparse.tasks import SegmentationTask
 from faceparse.tasks.weakly import WeaklySupervisedTask, foreground_labels
-from faceparse.vl import TINY_CLIP_CONFIG
 
 TABLE3 = ("skin", "nose", "right_eye", "right_brow", "left_ear")
 

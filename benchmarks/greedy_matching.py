@@ -1,6 +1,6 @@
 """Speed of S3POT's greedy one-to-one matching (paper Algorithm 1) at SAM's 64 x 64 token grid.
 
-Compares :func:`faceparse.models.s3pot.greedy_match` (rounds of mutually-best pairs) with two
+Compares :func:`faceparse.models.s3pot.model.greedy_match` (rounds of mutually-best pairs) with two
 straightforward implementations of the same algorithm, checks that all return identical pairs,
 and writes a Markdown table:
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from faceparse.models.s3pot import greedy_match
+from faceparse.models.s3pot.model import greedy_match
 
 
 def argmax_loop(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

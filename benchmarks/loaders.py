@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # fixture_trees: the tests' tree writers
 
-from faceparse.data import _fixtures as fx  # noqa: E402
+import fixture_trees as fx  # noqa: E402
+
 from faceparse.data.celebamask_hq import CelebAMaskHQ  # noqa: E402
 from faceparse.data.cofw import COFWDataset  # noqa: E402
 from faceparse.data.helen import HelenDataset  # noqa: E402

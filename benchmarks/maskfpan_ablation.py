@@ -33,11 +33,12 @@ import torch
 import torch.nn.functional as F
 
 import faceparse
-from faceparse.data.occlusion import OccludedFaces
-from faceparse.losses.occlusion import OcclusionWeightedCE
+from faceparse.data.maskfpan_occlusion import OccludedFaces
+from faceparse.losses.maskfpan import DeOcclusionLoss, LandmarkOcclusionLoss, OcclusionWeightedCE
 from faceparse.metrics import FaceParsingMetrics, OcclusionIoU
-from faceparse.models.deocclusion import DeOcclusionLoss, DeOcclusionNet
-from faceparse.models.landmarks import LandmarkOcclusionLoss, LandmarkOcclusionNet, add_pose_targets
+from faceparse.models.maskfpan.deocclusion import DeOcclusionNet
+from faceparse.models.maskfpan.landmarks import LandmarkOcclusionNet
+from faceparse.models.maskfpan.pose import add_pose_targets
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

@@ -29,7 +29,7 @@ import torch
 import faceparse
 from faceparse.data.base import collate
 from faceparse.metrics import OcclusionIoU
-from faceparse.tasks.occlusion import OcclusionPromptTask, per_image_overfit
+from faceparse.tasks.s3pot import OcclusionPromptTask, per_image_overfit
 
 
 def batches(ds, n: int, bs: int):

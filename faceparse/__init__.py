@@ -14,14 +14,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see faceparse.runtime: no
 
 from typing import Any  # noqa: E402
 
-from .errors import FaceParseError  # noqa: E402
-from .labels import LabelSet, get_label_set, list_label_sets  # noqa: E402
-from .registry import COMMANDS, DATASETS, LOSSES, MODELS  # noqa: E402
+from faceparse.errors import FaceParseError  # noqa: E402
+from faceparse.labels import LabelSet, get_label_set, list_label_sets  # noqa: E402
+from faceparse.registry import COMMANDS, DATASETS, LOSSES, MODELS  # noqa: E402
 
 __version__ = "0.1.0"
 
-from . import data, losses, models  # noqa: E402,F401  (registrations)
-from .models.base import FaceParsingModel, load_model  # noqa: E402
+from faceparse import data, losses, models  # noqa: E402,F401  (registrations)
+from faceparse.models.base import FaceParsingModel, load_model  # noqa: E402
 
 
 def build_model(name: str, **kwargs: Any) -> FaceParsingModel:

@@ -49,8 +49,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
-from .errors import FaceParseError
-from .registry import COMMANDS, MODELS
+from faceparse.errors import FaceParseError
+from faceparse.registry import COMMANDS, MODELS
 
 DOCS_START = "<!-- zoo-table:start -->"
 DOCS_END = "<!-- zoo-table:end -->"

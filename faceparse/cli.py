@@ -18,7 +18,7 @@ import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import FaceParseError
+from faceparse.errors import FaceParseError
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -41,8 +41,8 @@ def run_lightning(argv: list[str]) -> None:
     import pytorch_lightning as pl
     from pytorch_lightning.cli import LightningCLI
 
-    from . import tasks  # noqa: F401  (register task classes for class_path resolution)
-    from .data import FaceParsingDataModule
+    from faceparse import tasks  # noqa: F401  (register task classes for class_path resolution)
+    from faceparse.data import FaceParsingDataModule
 
     argv = list(argv)
     for i, arg in enumerate(argv):
@@ -92,7 +92,7 @@ def _add_function_arguments(parser: argparse.ArgumentParser, fn: Callable) -> No
 
 
 def _command_tree() -> dict:
-    from . import (  # noqa: F401  (registrations)
+    from faceparse import (  # noqa: F401  (registrations)
         COMMANDS,
         data,
         losses,
@@ -191,11 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         args = build_parser().parse_args(argv)
         if args.command == "demo":
-            from .demo import run_demo
+            from faceparse.demo import run_demo
 
             run_demo(**{k: v for k, v in vars(args).items() if k != "command"})
         elif args.command == "predict" and args.occlusion:
-            from .tasks.occlusion import predict_occlusion
+            from faceparse.tasks.s3pot import predict_occlusion
 
             for path in predict_occlusion(args.model, args.images, args.out_dir):
                 print(f"wrote {path}")
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     """``faceparse predict``: every readable image is written; the unreadable ones are listed (exit 2)."""
-    from .inference import predict_files
+    from faceparse.inference import predict_files
 
     def show(path: str, result: object) -> None:
         if isinstance(result, Exception):
@@ -255,7 +255,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _list(what: str, pattern: str) -> None:
     import fnmatch
 
-    from . import DATASETS, LOSSES, MODELS, list_label_sets
+    from faceparse import DATASETS, LOSSES, MODELS, list_label_sets
 
     if what == "label-sets":
         names = [n for n in list_label_sets() if fnmatch.fnmatchcase(n, pattern)]

@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import torch
 
-from .labels import get_label_set
-from .metrics import per_class_table
-from .runtime import available_cpus, configure_threads
-from .viz import overlay
+from faceparse.labels import get_label_set
+from faceparse.metrics import per_class_table
+from faceparse.runtime import available_cpus, configure_threads
+from faceparse.viz import overlay
 
 
 def run_demo(
@@ -33,10 +33,10 @@ def run_demo(
     """Train ``model`` on synthetic faces and write ``model/``, ``overlay.png``, ``metrics.json``."""
     import pytorch_lightning as pl
 
-    from .data import FaceParsingDataModule
-    from .data.stats import balanced_class_weights, class_pixel_frequencies
-    from .models.smp_zoo import _ARCHS
-    from .tasks import SegmentationTask
+    from faceparse.data import FaceParsingDataModule
+    from faceparse.data.stats import balanced_class_weights, class_pixel_frequencies
+    from faceparse.models.smp_zoo import _ARCHS
+    from faceparse.tasks import SegmentationTask
 
     start = time.perf_counter()
     out = Path(out_dir)

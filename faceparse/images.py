@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FaceParseError
+from faceparse.errors import FaceParseError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 

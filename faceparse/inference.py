@@ -32,12 +32,12 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import FaceParseError, require
-from .images import read_image as _read_image
-from .images import to_rgb
-from .labels import LabelSet
-from .models.base import FaceParsingModel, load_model
-from .viz import overlay
+from faceparse.errors import FaceParseError, require
+from faceparse.images import read_image as _read_image
+from faceparse.images import to_rgb
+from faceparse.labels import LabelSet
+from faceparse.models.base import FaceParsingModel, load_model
+from faceparse.viz import overlay
 
 NO_FACE_POLICIES = ("whole", "background", "error")
 
@@ -269,7 +269,7 @@ class Predictor:
         if backend not in ("torch", "onnxruntime"):
             raise FaceParseError(f"backend='{backend}'; expected 'torch' or 'onnxruntime'")
         if backend == "onnxruntime" and isinstance(model, (str, Path)):
-            from .export import OnnxModel
+            from faceparse.export import OnnxModel
 
             model = OnnxModel(model)  # type: ignore[assignment]
         self.backend = backend

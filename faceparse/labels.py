@@ -213,10 +213,26 @@ CELEBAMASK_HQ_OCC = LabelSet(
     source_names=CELEBAMASK_HQ.source_names + ("occlusion",),
 )
 
+# Binary occlusion masks (S3POT's output).
+OCCLUSION = LabelSet(
+    name="occlusion",
+    classes=("background", "occlusion"),
+    palette=((0, 0, 0), (0, 255, 0)),
+    flip_pairs=(),
+)
+
+# S3POT's facial region set F (paper Sec. 3.3: "lip, eyebrows, eyes, nose, skin, mouth"), canonical names.
+S3POT_FACE_CLASSES: tuple[str, ...] = (
+    "skin", "nose", "left_eye", "right_eye", "left_brow", "right_brow", "mouth", "upper_lip", "lower_lip",
+)  # fmt: skip
+
 LABEL_SETS: dict[str, LabelSet] = {
     ls.name: ls
-    for ls in (CELEBAMASK_HQ, CELEBAMASK_HQ_BISENET, LAPA, HELEN, PART_LABELS, COFW, COFW_OCCLUSION, CELEBAMASK_HQ_OCC)
-}
+    for ls in (
+        CELEBAMASK_HQ, CELEBAMASK_HQ_BISENET, LAPA, HELEN, PART_LABELS, COFW, COFW_OCCLUSION, CELEBAMASK_HQ_OCC,
+        OCCLUSION,
+    )
+}  # fmt: skip
 
 
 def get_label_set(name: str | LabelSet | dict) -> LabelSet:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-from .labels import IGNORE_INDEX, LabelSet, get_label_set
+from faceparse.labels import IGNORE_INDEX, LabelSet, get_label_set
 
 
 def _labels(preds: torch.Tensor) -> torch.Tensor:
@@ -30,7 +30,9 @@ class FaceParsingMetrics(Metric):
 
     full_state_update = False
 
-    def __init__(self, label_set: LabelSet | str = "celebamask_hq", ignore_index: int = IGNORE_INDEX, **kwargs: Any) -> None:
+    def __init__(
+        self, label_set: LabelSet | str = "celebamask_hq", ignore_index: int = IGNORE_INDEX, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.label_set = get_label_set(label_set)
         self.num_classes = self.label_set.num_classes
@@ -45,7 +47,9 @@ class FaceParsingMetrics(Metric):
         valid = target != self.ignore_index
         t, p = target[valid].long(), preds[valid].long()
         if t.numel() and (t.max() >= self.num_classes or t.min() < 0):
-            raise ValueError(f"target has label {int(t.max())} outside 0..{self.num_classes - 1} ({self.label_set.name})")
+            raise ValueError(
+                f"target has label {int(t.max())} outside 0..{self.num_classes - 1} ({self.label_set.name})"
+            )
         k = self.num_classes
         # out-of-place: the state may be an inference tensor created under torch.inference_mode
         self.confmat = self.confmat + torch.bincount(t * k + p.clamp(0, k - 1), minlength=k * k).reshape(k, k)

@@ -86,3 +86,5 @@ MODELS = Registry("model")
 LOSSES = Registry("loss")
 DATASETS = Registry("dataset")
 COMMANDS = Registry("command")
+# Networks that are not face parsers (no B x K x H x W logits): Mask-FPAN's landmark and de-occlusion modules.
+AUX_MODELS = Registry("auxiliary model")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .labels import LabelSet, get_label_set
+from faceparse.labels import LabelSet, get_label_set
 
 
 def colorize(mask: np.ndarray, label_set: LabelSet | str = "celebamask_hq") -> np.ndarray:

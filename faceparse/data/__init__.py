@@ -1,12 +1,12 @@
 """Datasets, transforms and the Lightning data module. Modules here register in ``DATASETS``."""
 
-from .._autoimport import import_submodules
-from .base import FaceDataset, collate, to_tensor_sample
-from .transforms import FaceFlip, build_transforms, flip_sample
+from faceparse._autoimport import import_submodules
+from faceparse.data.base import FaceDataset, collate, to_tensor_sample
+from faceparse.data.transforms import FaceFlip, build_transforms, flip_sample
 
 import_submodules(__name__, __path__)
 
-from .datamodule import FaceParsingDataModule  # noqa: E402
+from faceparse.data.datamodule import FaceParsingDataModule  # noqa: E402
 
 __all__ = [
     "FaceDataset",

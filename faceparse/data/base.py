@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from ..labels import LabelSet
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from faceparse.labels import LabelSet
 
 _TENSOR_DTYPES = {
     "mask": torch.int64,

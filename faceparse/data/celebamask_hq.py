@@ -36,13 +36,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from faceparse.data.base import FaceDataset
+from faceparse.data.io import check_label_values, raise_if_problems, read_gray, read_rgb, require_dir, require_file
+from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.errors import FaceParseError
 from faceparse.labels import LabelSet, get_label_set
 from faceparse.registry import DATASETS
-
-from ._dataset_io import check_label_values, raise_if_problems, read_gray, read_rgb, require_dir, require_file
-from .base import FaceDataset
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 #: The 18 part names used in the part file names.
 PARTS = (

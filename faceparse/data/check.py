@@ -43,7 +43,7 @@ class SplitReport:
 
 def _splits_for(dataset: str, root: str) -> tuple[str, ...]:
     if dataset == "helen":
-        from .helen import detect_layout
+        from faceparse.data.helen import detect_layout
 
         try:
             layout, _ = detect_layout(Path(root))

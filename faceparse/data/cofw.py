@@ -30,11 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from faceparse.errors import FaceParseError
-from faceparse.labels import get_label_set
-from faceparse.registry import DATASETS
-
-from ._dataset_io import (
+from faceparse.data.align import FLIP_5, maybe_align
+from faceparse.data.base import FaceDataset
+from faceparse.data.io import (
     IGNORE_INDEX,
     check_same_size,
     int_size,
@@ -44,9 +42,10 @@ from ._dataset_io import (
     require_dir,
     require_file,
 )
-from .align import FLIP_5, maybe_align
-from .base import FaceDataset
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from faceparse.errors import FaceParseError
+from faceparse.labels import get_label_set
+from faceparse.registry import DATASETS
 
 # 29-point COFW (LFPW) layout mirror pairs: brow corners 0<->1, 2<->3, brow tops 4<->6, 5<->7,
 # eye corners 8<->9, 10<->11, lids 12<->14, 13<->15, pupils 16<->17, nose wings 18<->19,

@@ -9,11 +9,11 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
-from ..labels import LabelSet
-from ..registry import DATASETS
-from ..runtime import worker_init
-from .base import collate
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from faceparse.data.base import collate
+from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from faceparse.labels import LabelSet
+from faceparse.registry import DATASETS
+from faceparse.runtime import worker_init
 
 
 class FaceParsingDataModule(pl.LightningDataModule):

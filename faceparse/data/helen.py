@@ -28,11 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from faceparse.errors import FaceParseError
-from faceparse.labels import get_label_set
-from faceparse.registry import DATASETS
-
-from ._dataset_io import (
+from faceparse.data.align import FLIP_5, crop_sample, maybe_align, square_box
+from faceparse.data.base import FaceDataset
+from faceparse.data.io import (
     check_label_values,
     check_same_size,
     int_size,
@@ -43,9 +41,10 @@ from ._dataset_io import (
     require_dir,
     require_file,
 )
-from .align import FLIP_5, crop_sample, maybe_align, square_box
-from .base import FaceDataset
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from faceparse.errors import FaceParseError
+from faceparse.labels import get_label_set
+from faceparse.registry import DATASETS
 
 # Mirror permutation of the 68-point iBUG/300-W layout: jaw 0..16 reversed, brows 17..21 <-> 26..22,
 # nose bridge 27..30 on the axis, nostrils 31..35 reversed, eyes 36..41 <-> 45..42/47..46,

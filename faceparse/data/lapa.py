@@ -19,11 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from faceparse.errors import FaceParseError
-from faceparse.labels import get_label_set
-from faceparse.registry import DATASETS
-
-from ._dataset_io import (
+from faceparse.data.align import FLIP_5, maybe_align
+from faceparse.data.base import FaceDataset
+from faceparse.data.io import (
     check_label_values,
     check_same_size,
     int_size,
@@ -33,9 +31,10 @@ from ._dataset_io import (
     read_rgb,
     require_dir,
 )
-from .align import FLIP_5, maybe_align
-from .base import FaceDataset
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from faceparse.errors import FaceParseError
+from faceparse.labels import get_label_set
+from faceparse.registry import DATASETS
 
 # Mirror pairs of the 106-point layout of LaPa (the JD 106-point scheme): contour 0..32 reversed,
 # upper brows 33..37 <-> 46..42, lower brows 38..41 <-> 50..47, nose bridge 51..54 on the axis,

@@ -22,13 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from faceparse.data.base import FaceDataset
+from faceparse.data.io import check_same_size, raise_if_problems, read_rgb, read_rgb_labels, require_dir, require_file
+from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.errors import FaceParseError
 from faceparse.labels import get_label_set
 from faceparse.registry import DATASETS
-
-from ._dataset_io import check_same_size, raise_if_problems, read_rgb, read_rgb_labels, require_dir, require_file
-from .base import FaceDataset
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SPLIT_FILES = {"train": "parts_train.txt", "val": "parts_validation.txt", "test": "parts_test.txt"}
 IMAGE_DIR, LABEL_DIR, SP_DIR = "lfw_funneled", "parts_lfw_funneled_gt_images", "parts_lfw_funneled_superpixels_mat"

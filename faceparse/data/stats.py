@@ -6,7 +6,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..labels import IGNORE_INDEX
+from faceparse.labels import IGNORE_INDEX
 
 
 def class_pixel_frequencies(

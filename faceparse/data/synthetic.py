@@ -21,10 +21,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..labels import CELEBAMASK_HQ, LabelSet, get_label_set
-from ..registry import DATASETS
-from .base import FaceDataset
-from .transforms import FIVE_POINT_FLIP, IMAGENET_MEAN, IMAGENET_STD
+from faceparse.data.base import FaceDataset
+from faceparse.data.transforms import FIVE_POINT_FLIP, IMAGENET_MEAN, IMAGENET_STD
+from faceparse.labels import CELEBAMASK_HQ, LabelSet, get_label_set
+from faceparse.registry import DATASETS
 
 C = {name: i for i, name in enumerate(CELEBAMASK_HQ.classes)}
 DEFAULT_SIZES = {"train": 2000, "val": 200, "test": 200}
@@ -289,7 +289,7 @@ class SyntheticFaces(FaceDataset):
     ) -> None:
         super().__init__(image_size=image_size, augment=augment, transform=transform, mean=mean, std=std)
         if split not in DEFAULT_SIZES:
-            from ..errors import FaceParseError
+            from faceparse.errors import FaceParseError
 
             raise FaceParseError(f"synthetic split must be one of {list(DEFAULT_SIZES)}, got '{split}'")
         self.split = split

@@ -17,7 +17,7 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..labels import IGNORE_INDEX, LabelSet, get_label_set  # noqa: E402
+from faceparse.labels import IGNORE_INDEX, LabelSet, get_label_set  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,5 +1,5 @@
 """Losses. Every module here registers its losses in ``faceparse.registry.LOSSES``."""
 
-from .._autoimport import import_submodules
+from faceparse._autoimport import import_submodules
 
 import_submodules(__name__, __path__)

@@ -12,7 +12,7 @@ consensus. When every pixel is its own blob the loss is alpha times pixel-wise c
 
 Blobs: one per class per image (the official practice on Part Labels and COFW fine-tuning),
 every 8-connected component of each class, or given ids (the occlusion pseudo-label blobs of
-§3.1, see :mod:`faceparse.data.pseudo`).
+§3.1, see :mod:`faceparse.data.consensus_pseudo`).
 
 Vectorised over the batch and all blobs with ``index_add`` / ``scatter_reduce``: no Python loop
 over blobs. Components are labelled with OpenCV on the CPU outside autograd (one call per class
@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..labels import IGNORE_INDEX
-from ..registry import LOSSES
-from .standard import logits_of
+from faceparse.labels import IGNORE_INDEX
+from faceparse.losses.standard import logits_of
+from faceparse.registry import LOSSES
 
 BLOB_MODES = ("class", "components", "given")
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..labels import IGNORE_INDEX
-from ..registry import LOSSES
+from faceparse.labels import IGNORE_INDEX
+from faceparse.registry import LOSSES
 
 
 def logits_of(outputs: torch.Tensor | dict[str, Any]) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Model zoo. Every module here registers its architectures in ``faceparse.registry.MODELS``."""
 
-from .._autoimport import import_submodules
-from .base import FaceParsingModel, load_model
+from faceparse._autoimport import import_submodules
+from faceparse.models.base import FaceParsingModel, load_model
 
 import_submodules(__name__, __path__)
 

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import FaceParseError, MissingWeightsError
-from ..labels import LabelSet, get_label_set
+from faceparse.errors import FaceParseError, MissingWeightsError
+from faceparse.labels import LabelSet, get_label_set
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

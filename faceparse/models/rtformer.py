@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from ..errors import MissingWeightsError
-from ..labels import LabelSet
-from ..registry import MODELS
-from .base import FaceParsingModel, resolve_label_set
+from faceparse.errors import MissingWeightsError
+from faceparse.labels import LabelSet
+from faceparse.models.base import FaceParsingModel, resolve_label_set
+from faceparse.registry import MODELS
 
 
 def _bn(c: int, eps: float = 1e-5) -> nn.BatchNorm2d:

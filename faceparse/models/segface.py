@@ -52,10 +52,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import FaceParseError, MissingWeightsError
-from ..labels import LabelSet
-from ..registry import COMMANDS, MODELS
-from .base import FaceParsingModel, resolve_label_set
+from faceparse.errors import FaceParseError, MissingWeightsError
+from faceparse.labels import LabelSet
+from faceparse.models.base import FaceParsingModel, resolve_label_set
+from faceparse.registry import COMMANDS, MODELS
 
 PAPER = "SegFace (AAAI 2025)"
 

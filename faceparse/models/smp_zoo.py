@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import FaceParseError, MissingWeightsError
-from ..labels import LabelSet
-from ..registry import MODELS
-from .base import FaceParsingModel, resolve_label_set
+from faceparse.errors import FaceParseError, MissingWeightsError
+from faceparse.labels import LabelSet
+from faceparse.models.base import FaceParsingModel, resolve_label_set
+from faceparse.registry import MODELS
 
 _ARCHS = {"unet": "Unet", "fpn": "FPN", "deeplabv3plus": "DeepLabV3Plus", "segformer": "Segformer"}
 

@@ -1,7 +1,7 @@
 """LightningModules composing models, losses and metrics."""
 
-from .._autoimport import import_submodules
-from .supervised import SegmentationTask
+from faceparse._autoimport import import_submodules
+from faceparse.tasks.supervised import SegmentationTask
 
 import_submodules(__name__, __path__)
 

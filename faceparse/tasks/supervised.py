@@ -9,9 +9,9 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from ..labels import LabelSet, get_label_set
-from ..metrics import FaceParsingMetrics
-from ..registry import LOSSES, MODELS
+from faceparse.labels import LabelSet, get_label_set
+from faceparse.metrics import FaceParsingMetrics
+from faceparse.registry import LOSSES, MODELS
 
 
 def build_task_model(model: str | nn.Module, label_set: LabelSet, model_kwargs: dict | None) -> nn.Module:

@@ -2,7 +2,7 @@
 
 The model (an MCT-ViT) learns from image-level labels only: which of the K foreground components
 are present. Losses: multi-label soft margin on the class-token scores and on the pooled patch
-scores (MCTformer+), plus the TCD objective (DisFaceRep Eq. 16, :class:`faceparse.losses.tcd.TCDLoss`)
+scores (MCTformer+), plus the TCD objective (DisFaceRep Eq. 16, :class:`faceparse.losses.disfacerep.TCDLoss`)
 when ``tcd`` is given. Validation reports the mean F1 of single-scale FCAM pseudo masks against the
 dataset's masks (when it has them), i.e. the quality of the pseudo labels stage 2 will train on.
 
@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FaceParseError
-from ..labels import LabelSet, get_label_set
-from ..metrics import FaceParsingMetrics
-from .supervised import build_task_model
+from faceparse.errors import FaceParseError
+from faceparse.labels import LabelSet, get_label_set
+from faceparse.metrics import FaceParsingMetrics
+from faceparse.tasks.supervised import build_task_model
 
 __all__ = ["WeaklySupervisedTask", "foreground_labels"]
 
@@ -58,10 +58,10 @@ class WeaklySupervisedTask(pl.LightningModule):
 
     Args:
         model: registered MCT-ViT name (``mct_vit_small``) or a module with ``classify`` /
-            ``forward_features`` like :class:`faceparse.models.mct_vit.MCTViT`.
+            ``forward_features`` like :class:`faceparse.models.mct_vit.model.MCTViT`.
         label_set: label set of the data; its non-background classes are the K class tokens.
         model_kwargs: constructor overrides (``img_size``, ``pretrained`` DeiT file...).
-        tcd: None (baseline / +CCD) or keyword arguments of :class:`~faceparse.losses.tcd.TCDLoss`
+        tcd: None (baseline / +CCD) or keyword arguments of :class:`~faceparse.losses.disfacerep.TCDLoss`
             (``{"encoder": {"model_name": "ViT-B-16", "checkpoint": "flip.pt"}}``).
         tcd_weight: weight of the TCD total (Eq. 16 already carries the paper's weights).
         cls_weight, patch_weight: weights of the class-token and patch-score classification losses.
@@ -98,7 +98,7 @@ class WeaklySupervisedTask(pl.LightningModule):
             raise FaceParseError("WeaklySupervisedTask needs an MCT-ViT style model (with classify / forward_features)")
         self.tcd = None
         if tcd is not None:
-            from ..losses.tcd import TCDLoss
+            from faceparse.losses.disfacerep import TCDLoss
 
             kw = {"label_set": self.label_set, "image_mean": self.model.input_mean, "image_std": self.model.input_std}
             kw.update(tcd)
@@ -136,7 +136,7 @@ class WeaklySupervisedTask(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        from ..cam import fcam, pseudo_masks
+        from faceparse.models.mct_vit.cam import fcam, pseudo_masks
 
         loss, _ = self._losses(batch)
         bs = batch["image"].shape[0]

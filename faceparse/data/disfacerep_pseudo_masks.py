@@ -1,0 +1,175 @@
+"""Pseudo masks from class activation maps: the ``pseudo-labels cam`` command and the ``pseudo``
+dataset that reads them back for stage 2 of weakly supervised face parsing (DisFaceRep Sec. 3.1).
+
+Stage 1 trains an MCT-ViT on image-level labels (:class:`faceparse.tasks.weakly.WeaklySupervisedTask`);
+``faceparse pseudo-labels cam --model DIR --data synthetic --out-dir masks/`` writes one label PNG per
+image (``<image key>.png``, uint8 label-set indices at the image's original size, FCAMs thresholded at
+theta = 0.5 restricted to the image-level labels); stage 2 trains any zoo model with
+``SegmentationTask`` on ``dataset: pseudo`` (``masks_dir: masks/``), evaluating on the true masks of
+the wrapped dataset (``masks_dir: null`` on the validation split).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from faceparse.data.base import FaceDataset
+from faceparse.data.disfacerep_ccd import build_wrapped_dataset, image_key
+from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from faceparse.errors import FaceParseError
+from faceparse.labels import LabelSet, get_label_set
+from faceparse.registry import COMMANDS, DATASETS
+
+__all__ = ["PseudoMaskDataset", "pseudo_labels_cam"]
+
+META_NAME = "pseudo_labels.json"
+
+
+@DATASETS.register("pseudo")
+class PseudoMaskDataset(FaceDataset):
+    """A registered dataset whose masks are replaced by pseudo-mask PNGs from ``masks_dir``.
+
+    Args:
+        masks_dir: folder written by ``faceparse pseudo-labels cam``; None keeps the wrapped
+            dataset's own masks (use it for validation/test splits).
+        dataset, dataset_kwargs: the wrapped registered dataset (images, keys, true masks).
+        split: split passed to the wrapped dataset.
+        image_size, augment, mean, std: as in FaceDataset.
+    """
+
+    def __init__(
+        self,
+        masks_dir: str | None = None,
+        dataset: str = "synthetic",
+        dataset_kwargs: dict | None = None,
+        split: str = "train",
+        image_size: int | Sequence[int] | None = 128,
+        augment: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__(image_size=image_size, augment=augment, mean=mean, std=std)
+        kw = {"split": split, "image_size": image_size, **(dataset_kwargs or {})}
+        self.base = build_wrapped_dataset(dataset, **kw)
+        self.landmark_flip = self.base.landmark_flip
+        self.label_set: LabelSet = self.base.label_set
+        self.masks_dir = Path(masks_dir) if masks_dir is not None else None
+        if self.masks_dir is not None:
+            if not self.masks_dir.is_dir():
+                raise FaceParseError(
+                    f"pseudo-mask folder '{self.masks_dir}' does not exist (run `faceparse pseudo-labels cam`)"
+                )
+            meta = self.masks_dir / META_NAME
+            if meta.is_file():
+                info = json.loads(meta.read_text())
+                if "label_set" in info:
+                    self.label_set = get_label_set(info["label_set"])
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def load_raw(self, index: int) -> dict[str, Any]:
+        raw = self.base.load_raw(index)
+        if self.masks_dir is None:
+            return raw
+        path = self.masks_dir / f"{image_key(raw, index)}.png"
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if mask is None:
+            raise FaceParseError(f"pseudo mask '{path}' is missing or unreadable (sample {index})")
+        h, w = raw["image"].shape[:2]
+        if mask.shape[:2] != (h, w):
+            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+        out = {k: v for k, v in raw.items() if k not in ("labels",)}
+        out["mask"] = mask
+        return out
+
+
+@COMMANDS.register("pseudo-labels cam")
+def pseudo_labels_cam(
+    model: str | None = None,
+    out_dir: str = "pseudo_masks",
+    data: str = "synthetic",
+    root: str | None = None,
+    split: str = "train",
+    num_samples: int | None = None,
+    dataset_kwargs: str | None = None,
+    image_size: int | None = None,
+    scales: list[float] = (1.0, 0.75, 1.25),
+    flip: bool = True,
+    refine: bool = True,
+    theta: float = 0.5,
+    use_labels: bool = True,
+    batch_size: int = 8,
+    device: str = "cpu",
+) -> str:
+    """Write FCAM pseudo masks (one label PNG per image) from a trained MCT-ViT.
+
+    --model is a folder written by save_pretrained (stage 1); --data a registered dataset (with
+    --root, --split, --num-samples or --dataset-kwargs JSON). FCAMs: multi-scale (--scales) + flip,
+    affinity refinement, threshold --theta, restricted to the image-level labels (--use-labels) or to
+    the classes the model predicts (--no-use-labels).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from faceparse.data.base import collate
+    from faceparse.models.base import load_model
+    from faceparse.models.mct_vit.cam import fcam, pseudo_masks
+    from faceparse.tasks.weakly import foreground_labels
+
+    if not model:
+        raise FaceParseError("--model is required: a folder with config.json + model.safetensors of a trained MCT-ViT")
+    net = load_model(model, map_location=device).to(device).eval()
+    if not hasattr(net, "forward_features") or not hasattr(net, "fg_index"):
+        raise FaceParseError(f"model '{model}' is a {type(net).__name__}, not an MCT-ViT (needs class tokens)")
+    kw: dict[str, Any] = json.loads(dataset_kwargs) if dataset_kwargs else {}
+    if root is not None:
+        kw["root"] = root
+    if num_samples is not None:
+        kw["num_samples"] = num_samples
+    size = image_size or net.default_input_size
+    ds = build_wrapped_dataset(
+        data, split=split, image_size=size, augment=False, mean=net.input_mean, std=net.input_std, **kw
+    )
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ls = net.label_set
+    count = 0
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="pseudo-labels cam", unit="batch"):
+            images = batch["image"].to(device)
+            labels = foreground_labels(batch, ls).to(device) if use_labels else None
+            cams = fcam(net, images, labels=labels, scales=tuple(scales), flip=flip, refine=refine)
+            masks = pseudo_masks(cams, labels, theta, net.fg_index, ls.background).cpu().numpy().astype(np.uint8)
+            for j, meta in enumerate(batch["meta"]):
+                m = masks[j]
+                oh, ow = meta.get("orig_size", m.shape)
+                if (oh, ow) != m.shape:
+                    m = cv2.resize(m, (int(ow), int(oh)), interpolation=cv2.INTER_NEAREST)
+                key = image_key({"meta": meta}, int(meta.get("index", count)))
+                cv2.imwrite(str(out / f"{key}.png"), m)
+                count += 1
+    info = {
+        "label_set": ls.to_dict(),
+        "model": str(model),
+        "data": data,
+        "split": split,
+        "dataset_kwargs": kw,
+        "image_size": size,
+        "scales": list(scales),
+        "flip": flip,
+        "refine": refine,
+        "theta": theta,
+        "use_labels": use_labels,
+        "count": count,
+    }
+    (out / META_NAME).write_text(json.dumps(info, indent=2) + "\n")
+    return f"wrote {count} pseudo masks to {out}"

@@ -1,0 +1,10 @@
+"""S3POT: SAM prompted by occlusion-candidate points found by matching a face with its reference.
+
+``model``: the network, prompt selection and matching; ``references``: reference sources. The loss
+is :mod:`faceparse.losses.s3pot`, the task :mod:`faceparse.tasks.s3pot`, the data
+:mod:`faceparse.data.s3pot`.
+"""
+
+from faceparse.models.s3pot.model import S3POT
+
+__all__ = ["S3POT"]
