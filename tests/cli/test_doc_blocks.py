@@ -352,6 +352,22 @@ def test_pages_and_marks_are_well_formed():
     assert len(BLOCKS) >= 40
 
 
+CITED = re.compile(r"\b((?:tests|benchmarks)/[\w/.-]+\.(?:py|md))(?:::(\w+))?")
+
+
+def test_marks_cite_tests_and_benchmarks_that_exist():
+    """A mark that names what covers the block names a file (and test function) that exists."""
+    missing = []
+    for page in ALL.values():
+        for block in page.blocks:
+            for path, name in CITED.findall(block.mark or ""):
+                if not (ROOT / path).is_file():
+                    missing.append(f"{block.id}: {path}")
+                elif name and not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M):
+                    missing.append(f"{block.id}: {path}::{name}")
+    assert not missing, "marks cite what does not exist:\n" + "\n".join(missing)
+
+
 def test_collector_reads_languages_marks_and_problems():
     text = (
         "Text\n\n<!-- doc-test: skip needs data -->\n```python\nx = 1\n```\n\n"
