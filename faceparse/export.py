@@ -43,6 +43,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from torch import nn
 
 from faceparse.errors import FaceParseError, require
 from faceparse.labels import LabelSet
-from faceparse.registry import COMMANDS, MODELS
+from faceparse.registry import COMMANDS, MODELS, NotExportableView
 
 DEFAULT_OPSET = 17
 # Parity defaults (see the module docstring): abs tolerance, tolerance relative to max |logit|, and
@@ -64,27 +65,12 @@ MIN_AGREEMENT = 0.999
 # Metadata keys whose values are JSON (the rest are plain strings).
 _JSON_KEYS = ("class_names", "label_set", "input_mean", "input_std", "input_size", "default_input_size", "dynamic_hw")
 
-# Registered models that cannot be exported to ONNX, with the reason (shown in docs/models.md).
-# Checked with torch 2.15 / onnx 1.23 / onnxruntime 1.31 by benchmarks/onnx_export.py.
+# Registered models that cannot be exported to ONNX, with the reason (shown in docs/models.md): a
+# read-only view derived from the models' typed configs (``ModelCfg(exportable=False,
+# not_exportable_reason=...)`` in each model file), checked by benchmarks/onnx_export.py.
 # RTFormer exports since the parity check is relative to the logits' scale (1.6e-6 / 1.1e-5 of
 # max |logit| on tiny builds), at a fixed size: its pooling bins are traced for one input size.
-_MCT = (
-    "forward computes class activation maps (faceparse.cam.fcam): TorchScript tracing fails on "
-    "round() of traced shapes, and the torch.export graph gives NaN where PyTorch zeroes classes "
-    "predicted absent (parity check fails)"
-)
-_S3POT = (
-    "frozen SAM prompt pipeline: aten::_upsample_nearest_exact2d is not in opset 17 (TorchScript) "
-    "and torch.export fails on the data-dependent prompt selection"
-)
-NOT_EXPORTABLE: dict[str, str] = {
-    "mct_vit_small": _MCT,
-    "mct_vit_tiny": _MCT,
-    "s3pot_tiny": _S3POT,
-    "s3pot_vit_b": _S3POT,
-    "s3pot_vit_l": _S3POT,
-    "s3pot_vit_h": _S3POT,
-}
+NOT_EXPORTABLE: Mapping[str, str] = NotExportableView(MODELS)
 
 
 @dataclass
@@ -171,20 +157,17 @@ class ExportResult:
 
 
 def tiny_kwargs(name: str) -> dict[str, Any]:
-    """Keyword overrides for a tiny test build of registered model ``name``.
-
-    The registry metadata key ``tiny`` (a dict of constructor kwargs, given by the model's author,
-    e.g. ``{"encoder": "resnet18", "input_size": 64}``) when present, else no overrides.
+    """Keyword overrides for a tiny test build of registered model ``name``: its typed config's
+    ``tiny`` (constructor kwargs given by the model's author, e.g. ``{"encoder": "resnet18", "input_size": 64}``).
     """
-    return dict(MODELS.metadata(name).get("tiny") or {})
+    return dict(MODELS.cfg(name).tiny or {})
 
 
 def tiny_input_size(name: str, default: int = 64) -> int:
     """Spatial size for a tiny test build: ``tiny["input_size"]``, metadata ``tiny_input_size``,
     else ``default``."""
-    meta = MODELS.metadata(name)
-    tiny = meta.get("tiny") or {}
-    return int(tiny.get("input_size") or meta.get("tiny_input_size") or default)
+    cfg = MODELS.cfg(name)
+    return int((cfg.tiny or {}).get("input_size") or cfg.tiny_input_size or default)
 
 
 def build_tiny(name: str, seed: int = 0) -> tuple[nn.Module, int]:

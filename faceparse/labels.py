@@ -235,12 +235,29 @@ LABEL_SETS: dict[str, LabelSet] = {
 }  # fmt: skip
 
 
+def generic_label_set(n: int) -> LabelSet:
+    """A label set of ``n`` classes with generic names: ``generic_<n>`` = ``background, class_1, ...``.
+
+    What ``build_model(name, num_classes=n)`` uses when no label set is given; no flip pairs (the
+    names say nothing about sides). ``get_label_set("generic_<n>")`` returns the same set.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"a generic label set needs a positive integer number of classes, got {n!r}")
+    return LabelSet(
+        name=f"generic_{n}", classes=("background",) + tuple(f"class_{i}" for i in range(1, n)), flip_pairs=()
+    )
+
+
 def get_label_set(name: str | LabelSet | dict) -> LabelSet:
-    """Return a preset by name (or pass a LabelSet / its dict through)."""
+    """Return a preset by name (or pass a LabelSet / its dict through); ``generic_<n>``: :func:`generic_label_set`."""
     if isinstance(name, LabelSet):
         return name
     if isinstance(name, dict):
         return LabelSet.from_dict(name)
+    if isinstance(name, str) and name not in LABEL_SETS and name.startswith("generic_"):
+        count = name.removeprefix("generic_")
+        if count.isdigit() and int(count) > 0:
+            return generic_label_set(int(count))
     try:
         return LABEL_SETS[name]
     except KeyError:

@@ -1,13 +1,28 @@
-"""Datasets, transforms and the Lightning data module. Modules here register in ``DATASETS``."""
+"""Datasets, transforms and the Lightning data module. Dataset modules register in ``DATASETS`` (the
+registry imports them on first use; see ``faceparse.registry.DATASET_MODULES``).
 
-from faceparse._autoimport import import_submodules
-from faceparse.data.base import FaceDataset, collate, to_tensor_sample
-from faceparse.data.transforms import FaceFlip, build_transforms, flip_sample
+Everything here is imported on first access, so ``import faceparse.data`` pulls in neither
+albumentations nor Lightning.
+"""
 
-import_submodules(__name__, __path__)
+from typing import TYPE_CHECKING
 
-from faceparse.data.datamodule import FaceParsingDataModule  # noqa: E402
+from faceparse._autoimport import lazy_exports
 
+if TYPE_CHECKING:
+    from faceparse.data.base import FaceDataset, collate, to_tensor_sample
+    from faceparse.data.datamodule import FaceParsingDataModule
+    from faceparse.data.transforms import FaceFlip, build_transforms, flip_sample
+
+_EXPORTS = {
+    "FaceDataset": "faceparse.data.base",
+    "collate": "faceparse.data.base",
+    "to_tensor_sample": "faceparse.data.base",
+    "FaceFlip": "faceparse.data.transforms",
+    "build_transforms": "faceparse.data.transforms",
+    "flip_sample": "faceparse.data.transforms",
+    "FaceParsingDataModule": "faceparse.data.datamodule",
+}
 __all__ = [
     "FaceDataset",
     "FaceFlip",
@@ -17,3 +32,4 @@ __all__ = [
     "flip_sample",
     "to_tensor_sample",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

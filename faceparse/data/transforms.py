@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import cv2
+import numpy as np
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+from faceparse.labels import IGNORE_INDEX, LabelSet, get_label_set
 
-from faceparse.labels import IGNORE_INDEX, LabelSet, get_label_set  # noqa: E402
+if TYPE_CHECKING:
+    import albumentations as A
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -136,6 +136,9 @@ def build_transforms(
 
     ``image_size=None`` keeps each image's own size (evaluation at original resolution).
     """
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations as A  # here, not at the top: listing datasets must not import albumentations
+
     ops: list[A.BasicTransform] = []
     if train and (rotate or translate or scale != (1.0, 1.0)):
         ops.append(

@@ -1,5 +1,6 @@
-"""Losses. Every module here registers its losses in ``faceparse.registry.LOSSES``."""
+"""Losses, one module per paper, each registering in ``faceparse.registry.LOSSES`` (the registry imports
+them on first use; see ``faceparse.registry.LOSS_MODULES``)."""
 
-from faceparse._autoimport import import_submodules
+from faceparse._autoimport import lazy_exports
 
-import_submodules(__name__, __path__)
+__getattr__, __dir__ = lazy_exports(__name__, {})

@@ -27,13 +27,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import nn
 
 from faceparse.errors import MissingWeightsError
 from faceparse.labels import LabelSet
 from faceparse.models.base import FaceParsingModel, resolve_label_set
-from faceparse.registry import MODELS
+from faceparse.registry import ModelCfg, register_model
 
 
 def _bn(c: int, eps: float = 1e-5) -> nn.BatchNorm2d:
@@ -182,6 +181,8 @@ class RTFormerBlock(nn.Module):
             self.shortcut_low = nn.Sequential(_bn(c_low_in), _conv(c_low_in, c_low_out, 1, 2))
         self.attn_low = GPUFriendlyAttention(c_low_in, c_low_out, c_low_out, num_heads)
         self.mlp_low = ConvMLP(c_low_out, drop)
+        from timm.layers import DropPath  # imported here: listing the zoo must not import timm
+
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.compression = nn.Sequential(_bn(c_low_out), nn.ReLU(), _conv(c_low_out, c_high, 1))
         self.attn_high = CrossResolutionAttention(c_high, cross_size * cross_size)
@@ -430,20 +431,21 @@ class RTFormer(FaceParsingModel):
         return result
 
 
-_META = {
-    "paper": "RTFormer (NeurIPS 2022); Mask-FPAN SEGM",
-    "input_size": 512,
-    "label_set": "celebamask_hq",
-}
+_RTFORMER_CFG = ModelCfg(
+    paper="RTFormer (NeurIPS 2022); Mask-FPAN SEGM",
+    input_size=512,
+    label_set="celebamask_hq",
+    tiny={"input_size": 64},
+)
 
 
-@MODELS.register("rtformer_slim", tiny={"input_size": 64}, **_META)
+@register_model(_RTFORMER_CFG)
 def rtformer_slim(**kwargs) -> RTFormer:
     """RTFormer-Slim (c=32, head 64): 5.40M parameters at 19 classes (5.37M without aux head)."""
     return RTFormer(variant="slim", **kwargs)
 
 
-@MODELS.register("rtformer_base", tiny={"input_size": 64}, **_META)
+@register_model(_RTFORMER_CFG)
 def rtformer_base(**kwargs) -> RTFormer:
     """RTFormer-Base (c=64, head 128): 17.92M parameters at 19 classes (17.77M without aux head)."""
     return RTFormer(variant="base", **kwargs)

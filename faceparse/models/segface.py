@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from faceparse.errors import FaceParseError, MissingWeightsError
 from faceparse.labels import LabelSet
 from faceparse.models.base import FaceParsingModel, resolve_label_set
-from faceparse.registry import COMMANDS, MODELS
+from faceparse.registry import COMMANDS, ModelCfg, register_model
 
 PAPER = "SegFace (AAAI 2025)"
 
@@ -402,37 +402,78 @@ class SegFace(FaceParsingModel):
 
 
 # --------------------------------------------------------------------------- registry
-_VARIANTS = {
-    "segface_swin_base": ("swin_base", "Swin-B (torchvision swin_b)"),
-    "segface_swinv2_base": ("swinv2_base", "SwinV2-B (torchvision swin_v2_b)"),
-    "segface_swinv2_small": ("swinv2_small", "SwinV2-S (torchvision swin_v2_s)"),
-    "segface_swinv2_tiny": ("swinv2_tiny", "SwinV2-T (torchvision swin_v2_t)"),
-    "segface_convnext_base": ("convnext_base", "ConvNeXt-B (torchvision convnext_base)"),
-    "segface_convnext_small": ("convnext_small", "ConvNeXt-S (torchvision convnext_small)"),
-    "segface_convnext_tiny": ("convnext_tiny", "ConvNeXt-T (torchvision convnext_tiny)"),
-    "segface_resnet101": ("resnet101", "ResNet-101 (torchvision resnet101)"),
-    "segface_mobilenet_v3_large": ("mobilenet_v3_large", "MobileNetV3-L (torchvision mobilenet_v3_large)"),
-    "segface_efficientnet_v2_m": ("efficientnet_v2_m", "EfficientNetV2-M (torchvision efficientnet_v2_m)"),
-}
+# ``tiny``: a small decoder for cheap test builds (the torchvision backbone keeps its real size).
+_TINY = {"input_size": 64, "dim": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
 
 
-def _register_variant(name: str, backbone: str, desc: str) -> None:
-    def factory(**kwargs: Any) -> SegFace:
-        kwargs.setdefault("backbone", backbone)
-        model = SegFace(**kwargs)
-        model.registry_name = name
-        return model
-
-    factory.__name__ = name
-    factory.__qualname__ = name
-    factory.__doc__ = f"SegFace with a {desc} backbone; keyword arguments override :class:`SegFace`'s."
-    MODELS.register(
-        name, paper=PAPER, input_size=512, label_set="celebamask_hq", backbone=backbone, tiny={"input_size": 64}
-    )(factory)
+def _cfg(backbone: str) -> ModelCfg:
+    return ModelCfg(paper=PAPER, input_size=512, label_set="celebamask_hq", tiny=_TINY, extra={"backbone": backbone})
 
 
-for _name, (_bb, _desc) in _VARIANTS.items():
-    _register_variant(_name, _bb, _desc)
+def _build(name: str, backbone: str, kwargs: dict[str, Any]) -> SegFace:
+    model = SegFace(**{"backbone": backbone, **kwargs})
+    model.registry_name = name
+    return model
+
+
+@register_model(_cfg("swin_base"))
+def segface_swin_base(**kwargs: Any) -> SegFace:
+    """SegFace with a Swin-B (torchvision swin_b) backbone; keyword arguments override :class:`SegFace`'s."""
+    return _build("segface_swin_base", "swin_base", kwargs)
+
+
+@register_model(_cfg("swinv2_base"))
+def segface_swinv2_base(**kwargs: Any) -> SegFace:
+    """SegFace with a SwinV2-B (torchvision swin_v2_b) backbone; keyword arguments override :class:`SegFace`'s."""
+    return _build("segface_swinv2_base", "swinv2_base", kwargs)
+
+
+@register_model(_cfg("swinv2_small"))
+def segface_swinv2_small(**kwargs: Any) -> SegFace:
+    """SegFace with a SwinV2-S (torchvision swin_v2_s) backbone; keyword arguments override :class:`SegFace`'s."""
+    return _build("segface_swinv2_small", "swinv2_small", kwargs)
+
+
+@register_model(_cfg("swinv2_tiny"))
+def segface_swinv2_tiny(**kwargs: Any) -> SegFace:
+    """SegFace with a SwinV2-T (torchvision swin_v2_t) backbone; keyword arguments override :class:`SegFace`'s."""
+    return _build("segface_swinv2_tiny", "swinv2_tiny", kwargs)
+
+
+@register_model(_cfg("convnext_base"))
+def segface_convnext_base(**kwargs: Any) -> SegFace:
+    """SegFace with a ConvNeXt-B (torchvision convnext_base) backbone; keyword arguments override :class:`SegFace`'s."""
+    return _build("segface_convnext_base", "convnext_base", kwargs)
+
+
+@register_model(_cfg("convnext_small"))
+def segface_convnext_small(**kwargs: Any) -> SegFace:
+    """SegFace with a ConvNeXt-S (torchvision convnext_small) backbone; keyword arguments override :class:`SegFace`'s."""
+    return _build("segface_convnext_small", "convnext_small", kwargs)
+
+
+@register_model(_cfg("convnext_tiny"))
+def segface_convnext_tiny(**kwargs: Any) -> SegFace:
+    """SegFace with a ConvNeXt-T (torchvision convnext_tiny) backbone; keyword arguments override :class:`SegFace`'s."""
+    return _build("segface_convnext_tiny", "convnext_tiny", kwargs)
+
+
+@register_model(_cfg("resnet101"))
+def segface_resnet101(**kwargs: Any) -> SegFace:
+    """SegFace with a ResNet-101 (torchvision resnet101) backbone; keyword arguments override :class:`SegFace`'s."""
+    return _build("segface_resnet101", "resnet101", kwargs)
+
+
+@register_model(_cfg("mobilenet_v3_large"))
+def segface_mobilenet_v3_large(**kwargs: Any) -> SegFace:
+    """SegFace with a MobileNetV3-L (torchvision mobilenet_v3_large) backbone; keyword arguments override :class:`SegFace`'s."""
+    return _build("segface_mobilenet_v3_large", "mobilenet_v3_large", kwargs)
+
+
+@register_model(_cfg("efficientnet_v2_m"))
+def segface_efficientnet_v2_m(**kwargs: Any) -> SegFace:
+    """SegFace with a EfficientNetV2-M (torchvision efficientnet_v2_m) backbone; keyword arguments override :class:`SegFace`'s."""
+    return _build("segface_efficientnet_v2_m", "efficientnet_v2_m", kwargs)
 
 
 # --------------------------------------------------------------------------- official checkpoints

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from faceparse.errors import FaceParseError, MissingWeightsError
 from faceparse.labels import LabelSet
 from faceparse.models.base import FaceParsingModel, resolve_label_set
-from faceparse.registry import MODELS
+from faceparse.registry import ModelCfg, register_model
 
 _ARCHS = {"unet": "Unet", "fpn": "FPN", "deeplabv3plus": "DeepLabV3Plus", "segformer": "Segformer"}
 
@@ -71,21 +71,30 @@ class SMPModel(FaceParsingModel):
         return logits
 
 
-def _register(arch: str, default_encoder: str) -> None:
-    def factory(**kwargs) -> SMPModel:
-        kwargs.setdefault("encoder", default_encoder)
-        return SMPModel(arch=arch, **kwargs)
-
-    factory.__name__ = arch
-    factory.__doc__ = f"smp {_ARCHS[arch]} baseline (encoder default '{default_encoder}')."
-    MODELS.register(
-        arch,
-        paper="segmentation-models-pytorch baseline",
-        input_size=512,
-        label_set="celebamask_hq",
-        tiny={"encoder": "resnet18", "input_size": 64},
-    )(factory)
+# --------------------------------------------------------------------------- registry
+_SMP_PAPER = "segmentation-models-pytorch baseline"
+_SMP_TINY = {"encoder": "resnet18", "input_size": 64}
 
 
-for _arch, _enc in (("unet", "resnet34"), ("fpn", "resnet34"), ("deeplabv3plus", "resnet34"), ("segformer", "mit_b0")):
-    _register(_arch, _enc)
+@register_model(ModelCfg(paper=_SMP_PAPER, tiny=_SMP_TINY))
+def unet(**kwargs) -> SMPModel:
+    """smp Unet baseline (encoder default 'resnet34')."""
+    return SMPModel(arch="unet", **{"encoder": "resnet34", **kwargs})
+
+
+@register_model(ModelCfg(paper=_SMP_PAPER, tiny=_SMP_TINY))
+def fpn(**kwargs) -> SMPModel:
+    """smp FPN baseline (encoder default 'resnet34')."""
+    return SMPModel(arch="fpn", **{"encoder": "resnet34", **kwargs})
+
+
+@register_model(ModelCfg(paper=_SMP_PAPER, tiny=_SMP_TINY))
+def deeplabv3plus(**kwargs) -> SMPModel:
+    """smp DeepLabV3Plus baseline (encoder default 'resnet34')."""
+    return SMPModel(arch="deeplabv3plus", **{"encoder": "resnet34", **kwargs})
+
+
+@register_model(ModelCfg(paper=_SMP_PAPER, tiny=_SMP_TINY))
+def segformer(**kwargs) -> SMPModel:
+    """smp Segformer baseline (encoder default 'mit_b0')."""
+    return SMPModel(arch="segformer", **{"encoder": "mit_b0", **kwargs})

@@ -1,8 +1,12 @@
-"""LightningModules composing models, losses and metrics."""
+"""LightningModules composing models, losses and metrics (imported on first access: ``import
+faceparse.tasks`` does not import Lightning)."""
 
-from faceparse._autoimport import import_submodules
-from faceparse.tasks.supervised import SegmentationTask
+from typing import TYPE_CHECKING
 
-import_submodules(__name__, __path__)
+from faceparse._autoimport import lazy_exports
+
+if TYPE_CHECKING:
+    from faceparse.tasks.supervised import SegmentationTask
 
 __all__ = ["SegmentationTask"]
+__getattr__, __dir__ = lazy_exports(__name__, {"SegmentationTask": "faceparse.tasks.supervised"})

@@ -22,7 +22,7 @@ from torch import nn
 from faceparse.errors import FaceParseError, MissingWeightsError
 from faceparse.labels import LabelSet
 from faceparse.models.base import FaceParsingModel, resolve_label_set
-from faceparse.registry import COMMANDS, MODELS
+from faceparse.registry import COMMANDS, ModelCfg, register_model
 
 
 def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1, norm: bool = True) -> list[nn.Module]:
@@ -121,12 +121,13 @@ class ConsensusNet(FaceParsingModel):
         return self.model_class(self.model_dec(self.drop(feats)))
 
 
-@MODELS.register(
-    "consensus_net",
-    paper="Towards Learning Structure via Consensus for Face Segmentation and Parsing (CVPR 2020)",
-    input_size=128,
-    label_set="cofw_occlusion",
-    tiny={"width": 8, "input_size": 32},
+@register_model(
+    ModelCfg(
+        paper="Towards Learning Structure via Consensus for Face Segmentation and Parsing (CVPR 2020)",
+        input_size=128,
+        label_set="cofw_occlusion",
+        tiny={"width": 8, "input_size": 32},
+    )
 )
 def consensus_net(**kwargs) -> ConsensusNet:
     """Structure-via-consensus encoder-decoder (4.52M parameters with 3 classes)."""

@@ -4,7 +4,19 @@ de-occlusion module (DOM) and head-pose targets. The parsing network is RTFormer
 :mod:`faceparse.tasks.maskfpan`, the occlusion synthesis :mod:`faceparse.data.maskfpan_occlusion`.
 """
 
-from faceparse.models.maskfpan.deocclusion import DeOcclusionNet
-from faceparse.models.maskfpan.landmarks import LandmarkOcclusionNet
+from typing import TYPE_CHECKING
+
+from faceparse._autoimport import lazy_exports
+
+if TYPE_CHECKING:
+    from faceparse.models.maskfpan.deocclusion import DeOcclusionNet
+    from faceparse.models.maskfpan.landmarks import LandmarkOcclusionNet
 
 __all__ = ["DeOcclusionNet", "LandmarkOcclusionNet"]
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "DeOcclusionNet": "faceparse.models.maskfpan.deocclusion",
+        "LandmarkOcclusionNet": "faceparse.models.maskfpan.landmarks",
+    },
+)

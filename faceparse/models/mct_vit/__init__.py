@@ -6,6 +6,12 @@
 :mod:`faceparse.data.disfacerep_ccd` and :mod:`faceparse.data.disfacerep_pseudo_masks`.
 """
 
-from faceparse.models.mct_vit.model import MCTViT
+from typing import TYPE_CHECKING
+
+from faceparse._autoimport import lazy_exports
+
+if TYPE_CHECKING:
+    from faceparse.models.mct_vit.model import MCTViT
 
 __all__ = ["MCTViT"]
+__getattr__, __dir__ = lazy_exports(__name__, {"MCTViT": "faceparse.models.mct_vit.model"})

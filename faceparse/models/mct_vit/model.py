@@ -36,7 +36,7 @@ from torch import nn
 from faceparse.errors import FaceParseError, MissingWeightsError
 from faceparse.labels import LabelSet
 from faceparse.models.base import FaceParsingModel, resolve_label_set
-from faceparse.registry import MODELS
+from faceparse.registry import ModelCfg, register_model
 
 __all__ = ["MCTViT", "block_forward_with_attn", "mct_vit_small", "mct_vit_tiny"]
 
@@ -312,23 +312,41 @@ def _variant(defaults: dict, kw: dict) -> MCTViT:
     return MCTViT(**{**defaults, **kw})
 
 
-@MODELS.register(
-    "mct_vit_small",
+# Exportability checked with torch 2.15 / onnx 1.23 / onnxruntime 1.31 by benchmarks/onnx_export.py.
+_NOT_EXPORTABLE = (
+    "forward computes class activation maps (faceparse.models.mct_vit.cam.fcam): TorchScript tracing fails on "
+    "round() of traced shapes, and the torch.export graph gives NaN where PyTorch zeroes classes "
+    "predicted absent (parity check fails)"
+)
+# ``tiny``: a 2-block, 32-wide ViT on 32 px inputs (4 x 4 patches of 8 px) for cheap test builds.
+_TINY = dict(
+    img_size=32,
+    patch_size=8,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    projector_dim=32,
+    projector_hidden_dim=32,
+    cam_layers=2,
+)
+_MCT_CFG = ModelCfg(
     paper="DisFaceRep (ACM MM 2025) / MCTformer+ (TPAMI 2024)",
     input_size=448,
     label_set="celebamask_hq",
+    exportable=False,
+    not_exportable_reason=_NOT_EXPORTABLE,
+    tiny=_TINY,
+    tiny_input_size=32,
 )
+
+
+@register_model(_MCT_CFG)
 def mct_vit_small(**kw) -> MCTViT:
     """DeiT-S with K class tokens (K = 18 for celebamask_hq) and the 384-512-512 projector."""
     return _variant(dict(embed_dim=384, depth=12, num_heads=6), kw)
 
 
-@MODELS.register(
-    "mct_vit_tiny",
-    paper="DisFaceRep (ACM MM 2025) / MCTformer+ (TPAMI 2024)",
-    input_size=448,
-    label_set="celebamask_hq",
-)
+@register_model(_MCT_CFG)
 def mct_vit_tiny(**kw) -> MCTViT:
     """DeiT-Ti layout (192 wide, 12 deep, 3 heads) with K class tokens; for tests and CPU runs."""
     return _variant(dict(embed_dim=192, depth=12, num_heads=3, projector_hidden_dim=256), kw)

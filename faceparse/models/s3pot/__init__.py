@@ -5,6 +5,12 @@ is :mod:`faceparse.losses.s3pot`, the task :mod:`faceparse.tasks.s3pot`, the dat
 :mod:`faceparse.data.s3pot`.
 """
 
-from faceparse.models.s3pot.model import S3POT
+from typing import TYPE_CHECKING
+
+from faceparse._autoimport import lazy_exports
+
+if TYPE_CHECKING:
+    from faceparse.models.s3pot.model import S3POT
 
 __all__ = ["S3POT"]
+__getattr__, __dir__ = lazy_exports(__name__, {"S3POT": "faceparse.models.s3pot.model"})

@@ -46,7 +46,7 @@ from torch import nn
 from faceparse.errors import FaceParseError, MissingWeightsError, require
 from faceparse.labels import OCCLUSION, S3POT_FACE_CLASSES, LabelSet
 from faceparse.models.base import FaceParsingModel
-from faceparse.registry import MODELS
+from faceparse.registry import ModelCfg, register_model
 
 OCCLUSION_LABEL_SET = OCCLUSION
 FACE_CLASSES = S3POT_FACE_CLASSES
@@ -560,28 +560,43 @@ _TINY = dict(
     global_attn_indexes=[1],
     decoder_mlp_dim=256,
 )
-_META = dict(paper="S3POT (2025)", label_set="occlusion", tiny=_TINY, tiny_input_size=64)
+# Exportability checked with torch 2.15 / onnx 1.23 / onnxruntime 1.31 by benchmarks/onnx_export.py.
+_NOT_EXPORTABLE = (
+    "frozen SAM prompt pipeline: aten::_upsample_nearest_exact2d is not in opset 17 (TorchScript) "
+    "and torch.export fails on the data-dependent prompt selection"
+)
+# Binary by design: ``num_classes=2`` is the only count build_model accepts.
+_S3POT_CFG = ModelCfg(
+    paper="S3POT (2025)",
+    input_size=1024,
+    label_set="occlusion",
+    exportable=False,
+    not_exportable_reason=_NOT_EXPORTABLE,
+    tiny=_TINY,
+    tiny_input_size=64,
+    num_classes=2,
+)
 
 
-@MODELS.register("s3pot_vit_b", input_size=1024, **_META)
+@register_model(_S3POT_CFG)
 def s3pot_vit_b(**kw: Any) -> S3POT:
     """S3POT on SAM ViT-B (93.74M frozen) + screening layer; pass ``checkpoint=sam_vit_b_01ec64.pth``."""
     return S3POT(encoder="vit_b", **kw)
 
 
-@MODELS.register("s3pot_vit_l", input_size=1024, **_META)
+@register_model(_S3POT_CFG)
 def s3pot_vit_l(**kw: Any) -> S3POT:
     """S3POT on SAM ViT-L (312.34M frozen); pass ``checkpoint=sam_vit_l_0b3195.pth``."""
     return S3POT(encoder="vit_l", **kw)
 
 
-@MODELS.register("s3pot_vit_h", input_size=1024, **_META)
+@register_model(_S3POT_CFG)
 def s3pot_vit_h(**kw: Any) -> S3POT:
     """S3POT on SAM ViT-H (641.09M frozen, the paper's public code default); ``checkpoint=sam_vit_h_4b8939.pth``."""
     return S3POT(encoder="vit_h", **kw)
 
 
-@MODELS.register("s3pot_tiny", input_size=64, **_META)
+@register_model(_S3POT_CFG.replace(input_size=64))
 def s3pot_tiny(**kw: Any) -> S3POT:
     """Tiny random SAM (32-d, 2-layer encoder, 64 px input, 16 x 16 tokens) for tests and demos."""
     return S3POT(encoder="tiny", **kw)
