@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceparse.errors import MissingWeightsError
 from faceparse.labels import LabelSet
 from faceparse.models.base import FaceParsingModel, resolve_label_set
 from faceparse.registry import ModelCfg, register_model
@@ -361,7 +360,11 @@ class RTFormer(FaceParsingModel):
         cross_size: the low branch is pooled to cross_size x cross_size keys/values (12).
         use_aux_head: build the auxiliary head (training only; not used by ``forward``).
         input_size: default square input size.
-        pretrained: optional local file with a (PyTorch or safetensors) state dict for this model.
+        pretrained: optional local file with a (PyTorch or safetensors) state dict for this model,
+            loaded strictly (a file saved without the auxiliary head may lack ``net.aux_head.*``);
+            any other missing, unexpected or wrongly shaped key is an error naming the file.
+        pretrained_strict: ``False`` opts in to a partial load (warned; under half the keys fitting
+            is still an error).
     """
 
     def __init__(
@@ -380,6 +383,7 @@ class RTFormer(FaceParsingModel):
         use_aux_head: bool = True,
         input_size: int = 512,
         pretrained: str | None = None,
+        pretrained_strict: bool = True,
     ) -> None:
         super().__init__()
         if variant not in _VARIANTS:
@@ -401,23 +405,21 @@ class RTFormer(FaceParsingModel):
             use_aux_head=use_aux_head,
         )
         if pretrained is not None:
-            self.load_weights(pretrained)
+            self.load_weights(pretrained, strict=pretrained_strict)
 
-    def load_weights(self, path: str) -> None:
-        """Load a local state dict (``.safetensors`` or a torch file) into this model."""
-        from pathlib import Path
+    def load_weights(self, path: str, strict: bool = True) -> None:
+        """Load a local state dict (``.safetensors`` or a torch file) into this model (strict by default)."""
+        from faceparse.models.weights import load_weights_file
 
-        p = Path(path)
-        if not p.is_file():
-            raise MissingWeightsError(f"RTFormer weights file '{path}' not found; pass a local state-dict file")
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(p))
-        else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state)
-        self.load_state_dict(state, strict=False)
+        load_weights_file(
+            self,
+            path,
+            what="RTFormer weights file (pretrained=)",
+            hint="pass a local state-dict file (nothing is downloaded)",
+            strict=strict,
+            allow_missing=("net.aux_head.*",),  # training-only head: a deployment file may omit it
+            allow_unexpected=("net.aux_head.*",),  # and a model built with use_aux_head=False ignores it
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.net(x)

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from faceparse.errors import FaceParseError, MissingWeightsError
 from faceparse.labels import LabelSet
 from faceparse.models.base import FaceParsingModel, resolve_label_set
-from faceparse.registry import COMMANDS, ModelCfg, register_model
+from faceparse.registry import ModelCfg, register_model
 
 PAPER = "SegFace (AAAI 2025)"
 
@@ -284,7 +284,10 @@ class SegFace(FaceParsingModel):
         input_size: default square input size (paper: 512).
         dim: decoder width (paper 256). depth / num_heads / mlp_dim: transformer settings (2 / 8 / 2048).
         backbone_weights: optional local file with torchvision ImageNet weights of the backbone (the
-            full torchvision state dict, e.g. ``swin_b-68c6b09e.pth``); nothing is downloaded.
+            full torchvision state dict, e.g. ``swin_b-68c6b09e.pth``); nothing is downloaded. Loaded
+            strictly: a missing, unexpected or wrongly shaped backbone key is an error naming the file.
+        backbone_weights_strict: ``False`` opts in to a partial load (warned; under half the keys
+            fitting is still an error).
         bn_momentum: override the momentum of the backbone's BatchNorm layers. torchvision's
             MobileNetV3 uses 0.01, fine when fine-tuning ImageNet weights but too slow for short
             training from scratch, where eval-mode running statistics then still reflect the
@@ -306,6 +309,7 @@ class SegFace(FaceParsingModel):
         mlp_dim: int = 2048,
         backbone_weights: str | None = None,
         bn_momentum: float | None = None,
+        backbone_weights_strict: bool = True,
     ) -> None:
         super().__init__()
         self.backbone_name = canonical_backbone(backbone)
@@ -317,7 +321,7 @@ class SegFace(FaceParsingModel):
 
         self.backbone = build_backbone(self.backbone_name)
         if backbone_weights is not None:
-            self.load_backbone_weights(backbone_weights)
+            self.load_backbone_weights(backbone_weights, strict=backbone_weights_strict)
         if bn_momentum is not None:
             for m in self.backbone.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -341,26 +345,26 @@ class SegFace(FaceParsingModel):
         self.token_mlp = HyperMLP(dim, dim // 8, num_layers=3)
 
     # ------------------------------------------------------------------ weights
-    def load_backbone_weights(self, path: str | Path) -> None:
-        """Load torchvision ImageNet weights of the backbone from a local file."""
-        file = Path(path)
-        if not file.is_file():
-            raise MissingWeightsError(
-                f"backbone_weights file '{path}' not found; pass a local torchvision state-dict file "
-                f"for {BACKBONES[self.backbone_name].torchvision_name} (nothing is downloaded)"
-            )
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
+    def load_backbone_weights(self, path: str | Path, strict: bool = True) -> None:
+        """Load torchvision ImageNet weights of the backbone from a local file (strict by default)."""
+        from faceparse.models.weights import load_weights, read_state_dict
+
+        tv_name = BACKBONES[self.backbone_name].torchvision_name
+        what = f"backbone_weights file (torchvision {tv_name})"
+        state = read_state_dict(
+            path, what=what, hint=f"pass a local torchvision state-dict file for {tv_name} (nothing is downloaded)"
+        )
         mapped = torchvision_to_backbone_keys(state, self.backbone_name)
         if not mapped:  # already in backbone key format
             mapped = state
-        missing, unexpected = self.backbone.load_state_dict(mapped, strict=False)
-        if missing or unexpected:
-            raise FaceParseError(
-                f"backbone_weights '{path}' do not fit torchvision {BACKBONES[self.backbone_name].torchvision_name}: "
-                f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
-            )
+        else:
+            # keys the mapping does not take are reported as unexpected, except the ImageNet classifier
+            # and final norm (and stages past the last one used), which the backbone does not have
+            resnet = BACKBONES[self.backbone_name].family == "resnet"
+            body = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.") if resnet else ("features.",)
+            head = ("fc.", "classifier.", "head.", "norm.")
+            mapped = {**mapped, **{k: v for k, v in state.items() if not k.startswith(body + head)}}
+        load_weights(self.backbone, mapped, path, what=what, strict=strict)
 
     # ------------------------------------------------------------------ forward
     def features(self, x: Tensor) -> list[Tensor]:
@@ -626,15 +630,15 @@ def convert_official(
     return model.eval()
 
 
-@COMMANDS.register("convert segface")
 def convert_segface(
     src: str, out_dir: str, backbone: str = "swin_base", dataset: str = "celebamask_hq", unsafe_load: bool = False
-) -> None:
+) -> SegFace:
     """Convert an official SegFace checkpoint (``state_dict_backbone``) into a faceparse model folder.
 
-    ``--backbone`` takes our names or the official ``--model`` names (``mobilenet``, ``resnet``,
-    ``efficientnet``...); ``--dataset`` is ``celebamask_hq``, ``lapa`` or ``helen``.
+    ``backbone`` takes our names or the official ``--model`` names (``mobilenet``, ``resnet``,
+    ``efficientnet``...); ``dataset`` is ``celebamask_hq``, ``lapa`` or ``helen``. Returns the model
+    written to ``out_dir`` (command line: ``faceparse convert segface CKPT OUT_DIR``).
     """
     model = convert_official(src, backbone=backbone, dataset=dataset, unsafe_load=unsafe_load)
     model.save_pretrained(out_dir)
-    print(f"wrote {out_dir} (segface_{model.backbone_name}, {dataset}, {model.num_parameters() / 1e6:.2f}M parameters)")
+    return model

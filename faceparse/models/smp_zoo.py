@@ -7,16 +7,24 @@ path of a local state-dict file for the encoder.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
-from faceparse.errors import FaceParseError, MissingWeightsError
+from faceparse.errors import FaceParseError
 from faceparse.labels import LabelSet
 from faceparse.models.base import FaceParsingModel, resolve_label_set
 from faceparse.registry import ModelCfg, register_model
 
+# Classifier heads of ImageNet checkpoints, which smp encoders drop: present in the file, not an error.
+_IMAGENET_HEAD_KEYS = (
+    "fc.*",
+    "classifier.*",
+    "last_linear.*",
+    "head.*",
+    "model.head.*",
+    "model.fc.*",
+    "model.classifier.*",
+)
 _ARCHS = {"unet": "Unet", "fpn": "FPN", "deeplabv3plus": "DeepLabV3Plus", "segformer": "Segformer"}
 
 
@@ -28,7 +36,11 @@ class SMPModel(FaceParsingModel):
         encoder: smp encoder name or ``tu-<timm name>``.
         label_set: label set (name or LabelSet); its size sets the number of output classes.
         input_size: default square input size.
-        pretrained: optional local file with encoder weights (state dict).
+        pretrained: optional local file with encoder weights (state dict). Loaded strictly: every
+            encoder key must be in the file (an ImageNet classifier ``fc.*`` / ``classifier.*`` /
+            ``head.*`` / ``last_linear.*`` may be there too); anything else is an error naming the file.
+        pretrained_strict: ``False`` opts in to a partial load (what fits loads, the rest is warned
+            about; a file fitting under half the keys is still an error).
         arch_kwargs: extra keyword arguments for the smp constructor (e.g. ``decoder_channels``).
     """
 
@@ -40,6 +52,7 @@ class SMPModel(FaceParsingModel):
         input_size: int = 512,
         pretrained: str | None = None,
         arch_kwargs: dict | None = None,
+        pretrained_strict: bool = True,
     ) -> None:
         super().__init__()
         import segmentation_models_pytorch as smp
@@ -56,13 +69,16 @@ class SMPModel(FaceParsingModel):
         except KeyError as exc:
             raise FaceParseError(f"unknown encoder '{encoder}' for smp {arch}: {exc}") from exc
         if pretrained is not None:
-            path = Path(pretrained)
-            if not path.is_file():
-                raise MissingWeightsError(
-                    f"encoder weights file '{pretrained}' not found; pass a local state-dict file"
-                )
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            self.net.encoder.load_state_dict(state.get("state_dict", state), strict=False)
+            from faceparse.models.weights import load_weights_file
+
+            load_weights_file(
+                self.net.encoder,
+                pretrained,
+                what=f"smp {arch} encoder '{encoder}' weights file (pretrained=)",
+                hint="pass a local state-dict file of the encoder (nothing is downloaded)",
+                strict=pretrained_strict,
+                allow_unexpected=_IMAGENET_HEAD_KEYS,
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.net(x)

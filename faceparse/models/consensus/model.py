@@ -22,7 +22,7 @@ from torch import nn
 from faceparse.errors import FaceParseError, MissingWeightsError
 from faceparse.labels import LabelSet
 from faceparse.models.base import FaceParsingModel, resolve_label_set
-from faceparse.registry import COMMANDS, ModelCfg, register_model
+from faceparse.registry import ModelCfg, register_model
 
 
 def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1, norm: bool = True) -> list[nn.Module]:
@@ -62,7 +62,10 @@ class ConsensusNet(FaceParsingModel):
         width: channels of the first layer (64 as published; the others scale with it: 2w, 4w,
             8w before the first pixel shuffle, w/2 at the end). Smaller widths are for quick
             CPU experiments only; official checkpoints need 64.
-        pretrained: optional faceparse model directory or official checkpoint to load.
+        pretrained: optional official checkpoint file to load, strictly (a missing, unexpected or
+            wrongly shaped key is an error naming the file).
+        pretrained_strict: ``False`` opts in to a partial load (warned; under half the keys fitting
+            is still an error).
 
     Input: RGB normalised with mean = std = 0.5 (values in [-1, 1]); any size divisible by 4.
     Output: logits ``B x K x H x W`` at the input resolution.
@@ -80,6 +83,7 @@ class ConsensusNet(FaceParsingModel):
         input_size: int = 128,
         width: int = 64,
         pretrained: str | None = None,
+        pretrained_strict: bool = True,
     ) -> None:
         super().__init__()
         if width < 2 or width % 2:
@@ -111,7 +115,10 @@ class ConsensusNet(FaceParsingModel):
         self.drop = nn.Dropout(p=dropout)
         self.apply(init_consensus_weights)
         if pretrained is not None:
-            self.load_state_dict(official_state_dict(pretrained), strict=True)
+            from faceparse.models.weights import load_weights
+
+            state = official_state_dict(pretrained)
+            load_weights(self, state, pretrained, what="consensus checkpoint (pretrained=)", strict=pretrained_strict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 4 or x.shape[-2] % 4:
@@ -157,15 +164,14 @@ def official_state_dict(path: str | Path, trust_pickle: bool = False) -> dict[st
     return {k.removeprefix("module."): v for k, v in ckpt.items()}
 
 
-@COMMANDS.register("convert consensus")
 def convert_consensus(
     src: str,
     out_dir: str,
     label_set: str = "part_labels",
     dropout: float = 0.2,
     trust_pickle: bool = False,
-) -> None:
-    """Convert an official Structure-via-Consensus checkpoint into a faceparse model directory.
+) -> ConsensusNet:
+    """Convert an official Structure-via-Consensus checkpoint into a faceparse model directory; returns the model.
 
     ``label_set``: ``part_labels`` (background, face, hair: ptlabel_best_model.pth) or
     ``cofw_occlusion`` (background, face, occlusion). ``dropout``: 0.2 for the regularised
@@ -190,4 +196,4 @@ def convert_consensus(
     model.load_state_dict(state, strict=True)
     model.registry_name = "consensus_net"
     model.save_pretrained(out_dir)
-    print(f"wrote {out_dir} ({model.num_parameters():,} parameters, label set {label_set})")
+    return model

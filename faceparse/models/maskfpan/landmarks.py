@@ -22,13 +22,11 @@ with 5); see ``faceparse/configs/maskfpan_lom_cofw.yaml``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from faceparse.errors import MissingWeightsError
 from faceparse.registry import AUX_MODELS
 
 
@@ -44,7 +42,10 @@ class LandmarkOcclusionNet(nn.Module):
         hidden: width of the fully connected layers.
         pose: build the pose (PPM) branch.
         input_size: default square input size.
-        pretrained: optional local state-dict file for the whole network.
+        pretrained: optional local state-dict file for the whole network, loaded strictly (a missing,
+            unexpected or wrongly shaped key is an error naming the file).
+        pretrained_strict: ``False`` opts in to a partial load (warned; under half the keys fitting
+            is still an error).
     """
 
     input_mean = (0.485, 0.456, 0.406)
@@ -58,6 +59,7 @@ class LandmarkOcclusionNet(nn.Module):
         pose: bool = True,
         input_size: int = 112,
         pretrained: str | None = None,
+        pretrained_strict: bool = True,
     ) -> None:
         super().__init__()
         import timm
@@ -86,10 +88,15 @@ class LandmarkOcclusionNet(nn.Module):
                 nn.Linear(32, 3),
             )
         if pretrained is not None:
-            path = Path(pretrained)
-            if not path.is_file():
-                raise MissingWeightsError(f"LOM weights file '{pretrained}' not found; pass a local state-dict file")
-            self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=False)
+            from faceparse.models.weights import load_weights_file
+
+            load_weights_file(
+                self,
+                pretrained,
+                what="LOM (Mask-FPAN landmark model) weights file (pretrained=)",
+                hint="pass a local state-dict file (nothing is downloaded)",
+                strict=pretrained_strict,
+            )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.backbone(x)

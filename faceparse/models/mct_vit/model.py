@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceparse.errors import FaceParseError, MissingWeightsError
+from faceparse.errors import FaceParseError
 from faceparse.labels import LabelSet
 from faceparse.models.base import FaceParsingModel, resolve_label_set
 from faceparse.registry import ModelCfg, register_model
@@ -97,7 +97,12 @@ class MCTViT(FaceParsingModel):
         theta: FCAM threshold used by ``forward`` for the background channel (DisFaceRep: 0.5).
         pretrained: local DeiT / timm ViT checkpoint (``.pth`` / ``.safetensors``); its class token
             and class position embedding are repeated K times and the patch position embedding is
-            resampled to the grid (MCTformer's initialisation). Never downloaded.
+            resampled to the grid (MCTformer's initialisation). Never downloaded. Loaded strictly:
+            every ViT key (patch embedding, tokens, position embedding, blocks) must be in the file;
+            only the ImageNet classifier/final norm may be extra and only the patch head/projector
+            (new in MCT-ViT) may be absent -- anything else is an error naming the file.
+        pretrained_strict: ``False`` opts in to a partial load (warned; under half the keys
+            fitting is still an error).
     """
 
     default_input_size = 448
@@ -120,6 +125,7 @@ class MCTViT(FaceParsingModel):
         cam_fusion: str = "sqrt",
         theta: float = 0.5,
         pretrained: str | None = None,
+        pretrained_strict: bool = True,
     ) -> None:
         super().__init__()
         from timm.layers import PatchEmbed
@@ -172,7 +178,7 @@ class MCTViT(FaceParsingModel):
         )
         self._init_weights()
         if pretrained is not None:
-            self.load_vit_checkpoint(pretrained)
+            self.load_vit_checkpoint(pretrained, strict=pretrained_strict)
 
     # ------------------------------------------------------------------ init / weights
     def _init_weights(self) -> None:
@@ -186,7 +192,7 @@ class MCTViT(FaceParsingModel):
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def load_vit_checkpoint(self, path: str | Path) -> tuple[list[str], list[str]]:
+    def load_vit_checkpoint(self, path: str | Path, strict: bool = True) -> tuple[list[str], list[str]]:
         """Initialise from a local DeiT / timm ViT state dict (MCTformer's recipe).
 
         ``cls_token`` (1 x 1 x D) is repeated K times; ``pos_embed`` (1 x (1+N) x D) is split into
@@ -195,22 +201,17 @@ class MCTViT(FaceParsingModel):
         """
         from timm.layers import resample_abs_pos_embed
 
-        path = Path(path)
-        if not path.is_file():
-            raise MissingWeightsError(
-                f"ViT checkpoint '{path}' not found; pass the path of a local DeiT/timm ViT state dict "
-                "(e.g. deit_small_patch16_224 .pth or .safetensors) - nothing is downloaded"
-            )
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        from faceparse.models.weights import load_weights, read_state_dict
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        for key in ("model", "state_dict"):
-            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-                state = state[key]
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+        path = Path(path)
+        what = "ViT checkpoint (pretrained=)"
+        state = read_state_dict(
+            path,
+            what=what,
+            hint="pass the path of a local DeiT/timm ViT state dict (e.g. deit_small_patch16_224 .pth or "
+            ".safetensors) - nothing is downloaded",
+            unwrap=("model", "state_dict"),
+        )
         k = self.num_tokens
         if "cls_token" in state:
             state["cls_token"] = state["cls_token"][:, :1].repeat(1, k, 1)
@@ -225,11 +226,18 @@ class MCTViT(FaceParsingModel):
             cls_pe = pe[:, :1] if n_prefix else torch.zeros_like(pe[:, :1])
             state["pos_embed_cls"] = cls_pe.repeat(1, k, 1)
             state["pos_embed_pat"] = resample_abs_pos_embed(pe[:, n_prefix:], list(self.grid), num_prefix_tokens=0)
-        own = self.state_dict()
-        usable = {n: v for n, v in state.items() if n in own and own[n].shape == v.shape}
-        missing, unexpected = self.load_state_dict(usable, strict=False)
-        unexpected = [n for n in state if n not in usable]
-        return list(missing), unexpected
+        report = load_weights(
+            self,
+            state,
+            path,
+            what=what,
+            strict=strict,
+            # the ImageNet classifier / final norm / distillation token of DeiT are not used
+            allow_unexpected=("head.*", "head_dist.*", "norm.*", "fc_norm.*", "dist_token", "pre_logits.*"),
+            # the patch head and projector are new in MCT-ViT
+            allow_missing=("head.*", "projector.*"),
+        )
+        return report.missing, report.unexpected + [m.split(":")[0] for m in report.mismatched]
 
     # ------------------------------------------------------------------ features
     def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
