@@ -37,7 +37,15 @@ import cv2
 import numpy as np
 
 from faceparse.data.base import FaceDataset
-from faceparse.data.io import check_label_values, raise_if_problems, read_gray, read_rgb, require_dir, require_file
+from faceparse.data.io import (
+    check_has_labels,
+    check_label_values,
+    raise_if_problems,
+    read_gray,
+    read_rgb,
+    require_dir,
+    require_file,
+)
 from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.errors import FaceParseError
 from faceparse.labels import LabelSet, get_label_set
@@ -277,6 +285,12 @@ class CelebAMaskHQ(FaceDataset):
             return read_gray(path, "a cached label map (delete the cache folder to rebuild it)"), path
         return merge_parts(self.part_files[i], self.label_set, str(i)), next(iter(self.part_files[i].values()))
 
+    def _label_source(self, i: int) -> str:
+        """The part files of face ``i`` (what an error about its label map should name)."""
+        files = self.part_files.get(i, {})
+        folder = next(iter(files.values())).parent if files else self.root / ANNO_DIR
+        return f"{folder}/{i:05d}_{{{','.join(files)}}}.png"
+
     def load_raw(self, index: int) -> dict[str, Any]:
         i = self.ids[index]
         img_path = self.root / IMAGE_DIR / f"{i}.jpg"
@@ -289,6 +303,7 @@ class CelebAMaskHQ(FaceDataset):
                 f"'{mask_path}': label map of face {i} is {w}x{h}, expected the aspect ratio of its image "
                 f"'{img_path}' ({iw}x{ih})"
             )
+        check_has_labels(mask, mask_path if self.layout == "merged" else self._label_source(i))
         if (ih, iw) != (h, w):
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         return {

@@ -78,6 +78,9 @@ def check_dataset(
         except FaceParseError as exc:
             rep.problems.append(str(exc))
             continue
+        except Exception as exc:  # noqa: BLE001 - the check lists every problem, it never crashes
+            rep.problems.append(f"{dataset} {split} at '{root}': cannot index the split: {type(exc).__name__}: {exc}")
+            continue
         rep.problems.extend(getattr(ds, "problems", []))
         rep.label_set = ds.label_set
         k = ds.label_set.num_classes
@@ -88,15 +91,55 @@ def check_dataset(
             except FaceParseError as exc:
                 rep.problems.append(str(exc))
                 continue
+            except Exception as exc:  # noqa: BLE001 - a raw library error still names the face's files
+                rep.problems.append(f"{_describe(ds, i)}: cannot read: {type(exc).__name__}: {exc}")
+                continue
+            found = _sample_problems(raw, k, ds.label_set.background, _describe(ds, i, raw))
+            if found:
+                rep.problems.extend(found)
+                continue
             mask = np.asarray(raw["mask"]).astype(np.int64).ravel()
-            counts = np.bincount(mask.clip(0, 255), minlength=256)
-            unknown = np.nonzero(counts[k:IGNORE_INDEX])[0] + k
-            if unknown.size:
-                name = raw.get("meta", {}).get("label_file") or raw.get("meta", {}).get("name", i)
-                rep.problems.append(f"'{name}': unknown label values {unknown.tolist()} (expected 0..{k - 1} or 255)")
-            rep.pixels += counts
+            rep.pixels += np.bincount(mask.clip(0, 255), minlength=256)
             rep.count += 1
     return reports
+
+
+def _describe(ds: Any, i: int, raw: dict | None = None) -> str:
+    """The files of face ``i`` as far as they can be found (for problems that do not name them)."""
+    meta = (raw or {}).get("meta", {}) or {}
+    files = [str(meta[key]) for key in ("label_file", "mask_file", "image_file", "mat_file") if meta.get(key)]
+    if files:
+        return "'" + "', '".join(files) + "'"
+    for attr in ("names", "ids", "items", "indices"):
+        seq = getattr(ds, attr, None)
+        if isinstance(seq, (list, tuple)) and i < len(seq):
+            return f"face {seq[i]!r} (#{i}) under '{getattr(ds, 'root', getattr(ds, 'base', '?'))}'"
+    return f"face #{i} under '{getattr(ds, 'root', '?')}'"
+
+
+def _sample_problems(raw: dict, k: int, background: int, where: str) -> list[str]:
+    """What is wrong with a sample an adapter returned (a second line of defence: adapters raise on
+    these themselves): label values outside the set, a label map of another size than its image or
+    with no face pixel, NaN/inf landmarks."""
+    out = []
+    image, mask = np.asarray(raw["image"]), np.asarray(raw["mask"])
+    if mask.size == 0 or image.size == 0:
+        return [f"{where}: empty image or label map (image {image.shape}, label map {mask.shape})"]
+    if mask.shape[:2] != image.shape[:2]:
+        out.append(
+            f"{where}: label map is {mask.shape[1]}x{mask.shape[0]} but its image {image.shape[1]}x{image.shape[0]}"
+        )
+    m = mask.astype(np.int64)
+    unknown = np.unique(m[((m >= k) & (m != IGNORE_INDEX)) | (m < 0)])
+    if unknown.size:
+        out.append(f"{where}: unknown label values {unknown[:10].tolist()} (expected 0..{k - 1} or 255)")
+    elif not np.any(m == IGNORE_INDEX) and not np.any(m != background):
+        out.append(f"{where}: the label map labels no face pixel (all background)")
+    lmk = raw.get("landmarks")
+    if lmk is not None and not np.isfinite(np.asarray(lmk, dtype=np.float64)).all():
+        bad = np.nonzero(~np.isfinite(np.asarray(lmk, dtype=np.float64)).reshape(len(lmk), -1).all(axis=1))[0]
+        out.append(f"{where}: landmarks hold NaN or infinite values at point index {bad[0]}")
+    return out
 
 
 def format_report(reports: list[SplitReport]) -> str:

@@ -34,16 +34,18 @@ from faceparse.data.align import FLIP_5, maybe_align
 from faceparse.data.base import FaceDataset
 from faceparse.data.io import (
     IGNORE_INDEX,
+    check_has_labels,
     check_same_size,
     int_size,
     pairs_to_permutation,
     raise_if_problems,
-    read_gray,
+    read_binary_mask,
     require_dir,
     require_file,
 )
 from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.errors import FaceParseError
+from faceparse.images import array_to_rgb
 from faceparse.labels import get_label_set
 from faceparse.registry import DATASETS
 
@@ -73,37 +75,19 @@ class _Mat:
     """Lazy reader of one COFW .mat file (v7.3 via h5py, images read on demand; v5 via scipy)."""
 
     def __init__(self, path: Path, keys: tuple[str, str, str]) -> None:
-        import h5py
-
         self.path = path
         self.keys = keys
-        self.v73 = h5py.is_hdf5(str(path))
         self._h5 = None
         self._pid = None
-        if self.v73:
-            with h5py.File(path, "r") as f:
-                for k in keys:
-                    if k not in f:
-                        raise FaceParseError(f"'{path}': expected the variable '{k}', found {sorted(f.keys())}")
-                self.phis = np.asarray(f[keys[1]], dtype=np.float64).T  # MATLAB column-major
-                self.boxes = np.asarray(f[keys[2]], dtype=np.float64).T
-                n_img = int(np.prod(f[keys[0]].shape))
-            self._images = None
-        else:
-            import scipy.io
-
-            try:
-                data = scipy.io.loadmat(str(path))
-            except Exception as exc:  # scipy raises several types for malformed files
-                raise FaceParseError(f"cannot read '{path}' as a MATLAB file (v5 or v7.3): {exc}") from None
-            for k in keys:
-                if k not in data:
-                    found = sorted(x for x in data if not x.startswith("__"))
-                    raise FaceParseError(f"'{path}': expected the variable '{k}', found {found}")
-            self._images = [np.asarray(x) for x in np.asarray(data[keys[0]], dtype=object).ravel()]
-            self.phis = np.asarray(data[keys[1]], dtype=np.float64)
-            self.boxes = np.asarray(data[keys[2]], dtype=np.float64)
-            n_img = len(self._images)
+        try:
+            n_img = self._read_header(path, keys)
+        except FaceParseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - h5py/scipy raise OSError, KeyError, ValueError... without the file
+            raise FaceParseError(
+                f"cannot read '{path}' as a COFW MATLAB file (v7.3 HDF5 or v5; truncated or corrupt?): "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
         n = len(self.phis)
         if self.phis.ndim != 2 or self.phis.shape[1] != 87:
             raise FaceParseError(
@@ -114,6 +98,46 @@ class _Mat:
         if n_img != n:
             raise FaceParseError(f"'{path}': '{keys[0]}' holds {n_img} images but '{keys[1]}' {n} faces")
         self.n = n
+
+    def _read_header(self, path: Path, keys: tuple[str, str, str]) -> int:
+        import h5py
+
+        self.v73 = h5py.is_hdf5(str(path))
+        if self.v73:
+            with h5py.File(path, "r") as f:
+                for k in keys:
+                    if k not in f:
+                        raise FaceParseError(f"'{path}': expected the variable '{k}', found {sorted(f.keys())}")
+                self.phis = np.asarray(f[keys[1]], dtype=np.float64).T  # MATLAB column-major
+                self.boxes = np.asarray(f[keys[2]], dtype=np.float64).T
+                n_img = int(np.prod(f[keys[0]].shape))
+            self._images = None
+            return n_img
+        import scipy.io
+
+        try:
+            data = scipy.io.loadmat(str(path))
+        except Exception as exc:  # scipy raises several types for malformed files
+            raise FaceParseError(f"cannot read '{path}' as a MATLAB file (v5 or v7.3): {exc}") from None
+        for k in keys:
+            if k not in data:
+                found = sorted(x for x in data if not x.startswith("__"))
+                raise FaceParseError(f"'{path}': expected the variable '{k}', found {found}")
+        self._images = [np.asarray(x) for x in np.asarray(data[keys[0]], dtype=object).ravel()]
+        self.phis = np.asarray(data[keys[1]], dtype=np.float64)
+        self.boxes = np.asarray(data[keys[2]], dtype=np.float64)
+        return len(self._images)
+
+    def face_problem(self, i: int) -> str | None:
+        """Why face ``i`` (0-based) cannot be used, or None: NaN/inf landmarks or box."""
+        for key, row in ((self.keys[1], self.phis[i]), (self.keys[2], self.boxes[i])):
+            bad = np.nonzero(~np.isfinite(row))[0]
+            if bad.size:
+                return (
+                    f"'{self.path}': face {i + 1} (index {i}) of '{key}' holds NaN or infinite values "
+                    f"at column(s) {bad[:6].tolist()}"
+                )
+        return None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -126,23 +150,25 @@ class _Mat:
         else:
             import h5py
 
-            if self._h5 is None or self._pid != os.getpid():
-                self._h5 = h5py.File(self.path, "r")
-                self._pid = os.getpid()
-            f = self._h5
-            ref = f[self.keys[0]][()].ravel()[i] if f[self.keys[0]].ndim else f[self.keys[0]][()]
             try:
+                if self._h5 is None or self._pid != os.getpid():
+                    self._h5 = h5py.File(self.path, "r")
+                    self._pid = os.getpid()
+                f = self._h5
+                ref = f[self.keys[0]][()].ravel()[i] if f[self.keys[0]].ndim else f[self.keys[0]][()]
                 img = np.asarray(f[ref]).T  # (3, W, H) -> (H, W, 3); (W, H) -> (H, W)
-            except Exception as exc:
-                raise FaceParseError(f"'{self.path}': cannot read image {i + 1} of '{self.keys[0]}': {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - h5py errors do not name the file
+                raise FaceParseError(
+                    f"'{self.path}': cannot read image {i + 1} of '{self.keys[0]}': {type(exc).__name__}: {exc}"
+                ) from None
         img = np.asarray(img)
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=2)
-        if img.ndim != 3 or img.shape[2] != 3:
-            raise FaceParseError(f"'{self.path}': image {i + 1} has shape {img.shape}, expected H x W or H x W x 3")
-        if img.dtype != np.uint8:
-            img = np.clip(img * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(img)
+        if img.dtype == object or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3)):
+            raise FaceParseError(
+                f"'{self.path}': image {i + 1} of '{self.keys[0]}' has shape {img.shape} ({img.dtype}), "
+                "expected H x W (grayscale) or H x W x 3"
+            )
+        # uint16 / float / grayscale images are scaled by their real range (faceparse.images)
+        return array_to_rgb(img, where=f"'{self.path}' image {i + 1} of '{self.keys[0]}'")
 
 
 @DATASETS.register("cofw")
@@ -194,13 +220,19 @@ class COFWDataset(FaceDataset):
         self.align, self.align_size, self.align_scale = align, align_size, align_scale
         self.problems: list[str] = []
         self.mask_files: list[Path | None] = [None] * self.mat.n
-        self.indices = list(range(self.mat.n))
+        self.indices = []
+        for i in range(self.mat.n):
+            why = self.mat.face_problem(i)
+            if why is None:
+                self.indices.append(i)
+            else:
+                self.problems.append(why)
         if mask_dir is not None and split == "test":
             mdir = Path(mask_dir) if Path(mask_dir).is_absolute() else self.root / mask_dir
             require_dir(mdir, "COFW test face masks (pass mask_dir=None to load without masks)")
             present = {e.name for e in os.scandir(mdir)}
             keep = []
-            for i in range(self.mat.n):
+            for i in self.indices:
                 try:
                     name = mask_pattern.format(index=i, index1=i + 1)
                 except (KeyError, IndexError, ValueError) as exc:
@@ -230,10 +262,13 @@ class COFWDataset(FaceDataset):
         bx, by, bw, bh = self.mat.boxes[i]
         box = np.array([bx - 1, by - 1, bx - 1 + bw, by - 1 + bh], np.float32)
         mfile = self.mask_files[i]
+        why = self.mat.face_problem(i)
+        if why is not None:
+            raise FaceParseError(why)
         if mfile is not None:
-            m = read_gray(mfile, "a binary face mask (0 / 255)")
-            check_same_size(m, (h, w), mfile, "face mask")
-            mask = (m > 127).astype(np.uint8)
+            mask = read_binary_mask(mfile, "a binary face mask (0 / 255, or 0 / 1)")
+            check_same_size(mask, (h, w), mfile, "face mask")
+            check_has_labels(mask, mfile, what="face mask")
         else:
             mask = np.full((h, w), IGNORE_INDEX, np.uint8)
         if self.ignore_outside_box:

@@ -31,6 +31,7 @@ import numpy as np
 from faceparse.data.align import FLIP_5, crop_sample, maybe_align, square_box
 from faceparse.data.base import FaceDataset
 from faceparse.data.io import (
+    check_has_labels,
     check_label_values,
     check_same_size,
     int_size,
@@ -79,7 +80,9 @@ def read_smith_split(path: Path) -> list[str]:
     return names
 
 
-def read_star_landmarks(path: Path) -> dict[str, np.ndarray]:
+def read_star_landmarks(path: Path, problems: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Landmarks per image name. A line with NaN/infinite values raises, or -- when a ``problems`` dict
+    is given -- is recorded there (name -> message naming the file, line and point) and left out."""
     require_file(path, "HELEN* landmark file")
     out = {}
     for n, line in enumerate(path.read_text().splitlines()):
@@ -92,6 +95,16 @@ def read_star_landmarks(path: Path) -> dict[str, np.ndarray]:
             pts = None
         if pts is None or len(fields) != 137:
             raise FaceParseError(f"'{path}' line {n + 1}: expected 136 numbers (68 x, y) then the image name")
+        bad = np.nonzero(~np.isfinite(pts).all(axis=1))[0]
+        if bad.size:
+            msg = (
+                f"'{path}' line {n + 1} (face '{fields[-1]}'): landmarks hold NaN or infinite values at point "
+                f"index {bad[0]}" + (f" (and {bad.size - 1} more)" if bad.size > 1 else "")
+            )
+            if problems is None:
+                raise FaceParseError(msg)
+            problems[fields[-1]] = msg
+            continue
         out[fields[-1]] = pts
     return out
 
@@ -191,7 +204,8 @@ class HelenDataset(FaceDataset):
             if split not in ("train", "test"):
                 raise FaceParseError(f"Helen (HELEN* layout) split must be 'train' or 'test', got {split!r}")
             d = require_dir(base / split, f"HELEN* split '{split}'")
-            self.landmarks = read_star_landmarks(base / "landmarks.txt")
+            bad_lmk: dict[str, str] = {}
+            self.landmarks = read_star_landmarks(base / "landmarks.txt", bad_lmk)
             images = sorted(p.name[: -len("_image.jpg")] for p in d.glob("*_image.jpg"))
             labels = {p.name[: -len("_label.png")] for p in d.glob("*_label.png")}
             for name in images:
@@ -201,7 +215,10 @@ class HelenDataset(FaceDataset):
                         f"missing label '{d / (name + '_label.png')}' for image '{d / (name + '_image.jpg')}'"
                     )
                     ok = False
-                if name not in self.landmarks:
+                if name in bad_lmk:
+                    self.problems.append(bad_lmk[name])
+                    ok = False
+                elif name not in self.landmarks:
                     self.problems.append(f"no landmarks for '{name}' in '{base / 'landmarks.txt'}'")
                     ok = False
                 if ok:
@@ -229,8 +246,15 @@ class HelenDataset(FaceDataset):
                 m = read_gray(p, "a single-channel class map")
                 check_same_size(m, image.shape[:2], p, "class map")
                 maps.append(m)
-            mask = np.argmax(np.stack(maps, 0), axis=0).astype(np.uint8)
+            stack = np.stack(maps, 0)
             label_file = str(self.base / "labels" / name)
+            if not stack[1:].any():
+                # argmax of all-zero maps would be background everywhere: a silently empty face
+                raise FaceParseError(
+                    f"'{label_file}': the class maps {name}_lbl01..{name}_lbl10.png are all zero "
+                    "(no face part labelled), expected soft maps whose argmax is the class"
+                )
+            mask = np.argmax(stack, axis=0).astype(np.uint8)
         else:
             d = self.base / self.split
             img_path, lbl_path = d / f"{name}_image.jpg", d / f"{name}_label.png"
@@ -238,6 +262,7 @@ class HelenDataset(FaceDataset):
             mask = read_gray(lbl_path, "a single-channel label map with values 0..10")
             check_same_size(mask, image.shape[:2], lbl_path, "label map")
             check_label_values(mask, 11, lbl_path)
+            check_has_labels(mask, lbl_path)
             lmk = self.landmarks[name] * self.landmark_scale
             label_file = str(lbl_path)
         raw: dict[str, Any] = {

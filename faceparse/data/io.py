@@ -77,11 +77,55 @@ def read_gray(path: str | os.PathLike, expected: str = "a single-channel label i
 
 
 def read_rgb_labels(path: str | os.PathLike) -> np.ndarray:
-    """H x W x 3 uint8 of a colour-coded label image (e.g. Part Labels .ppm)."""
+    """H x W x 3 uint8 of a colour-coded label image (e.g. Part Labels .ppm); a 16-bit file is scaled
+    by its range (65535 -> 255), not clipped, so its colours keep their meaning."""
     img = _open(Path(path), "a colour-coded label image")
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.array(img, dtype=np.uint8)
+    if img.mode == "RGB":
+        return np.array(img, dtype=np.uint8)
+    return pil_to_rgb(img, where=f"'{path}'")
+
+
+def read_binary_mask(path: str | os.PathLike, expected: str = "a binary mask (0 / 255 or 0 / 1)") -> np.ndarray:
+    """H x W uint8 0/1 of a binary mask stored either as 0/255 or as 0/1 (both occur in releases).
+
+    Any other set of values (a soft or JPEG-compressed mask, a label map) is an error naming the file:
+    thresholding it would silently move the boundary.
+    """
+    p = Path(path)
+    m = read_gray(p, expected)
+    values = np.unique(m)
+    if set(values.tolist()) <= {0, 1}:
+        return (m > 0).astype(np.uint8)
+    if set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 65535}:
+        return (m > 0).astype(np.uint8)
+    raise FaceParseError(
+        f"'{p}': expected {expected}, found the values {values[:8].tolist()}{' ...' if values.size > 8 else ''}"
+    )
+
+
+def check_finite_landmarks(points: np.ndarray, path: str | os.PathLike, what: str = "landmarks") -> np.ndarray:
+    """Raise naming the file and the first point index when a landmark is NaN or infinite."""
+    pts = np.asarray(points)
+    bad = ~np.isfinite(pts)
+    if bad.any():
+        rows = np.nonzero(bad.reshape(len(pts), -1).any(axis=1))[0]
+        raise FaceParseError(
+            f"'{path}': {what} hold NaN or infinite values at point index {rows[0]}"
+            + (f" (and {len(rows) - 1} more)" if len(rows) > 1 else "")
+            + f": {pts[rows[0]].tolist()}"
+        )
+    return pts
+
+
+def check_has_labels(mask: np.ndarray, path: str | os.PathLike, background: int = 0, what: str = "label map") -> None:
+    """Raise when a label map is empty or labels nothing but background / ignore (an all-zero map is a
+    broken file, never a face; training on it would silently teach 'no face')."""
+    m = np.asarray(mask)
+    if m.size == 0:
+        raise FaceParseError(f"'{path}': the {what} is empty (shape {m.shape})")
+    if not np.any((m != background) & (m != IGNORE_INDEX)):
+        found = "all background (0)" if np.any(m == background) else "all ignore (255)"
+        raise FaceParseError(f"'{path}': the {what} labels no face pixel: it is {found}")
 
 
 def check_same_size(arr: np.ndarray, size: tuple[int, int], path: str | os.PathLike, what: str) -> None:

@@ -22,6 +22,8 @@ import numpy as np
 from faceparse.data.align import FLIP_5, maybe_align
 from faceparse.data.base import FaceDataset
 from faceparse.data.io import (
+    check_finite_landmarks,
+    check_has_labels,
     check_label_values,
     check_same_size,
     int_size,
@@ -74,7 +76,7 @@ def read_lapa_landmarks(path: Path, n: int = 106) -> np.ndarray:
         raise FaceParseError(f"'{path}': cannot parse landmarks (expected '{n}' then {n} lines 'x y'): {exc}") from None
     if count != n or pts.shape != (n, 2):
         raise FaceParseError(f"'{path}': expected {n} landmarks, found header {count} and {len(pts)} points")
-    return pts
+    return check_finite_landmarks(pts, path)
 
 
 def _resolve_lapa_root(root: str | Path) -> Path:
@@ -163,6 +165,7 @@ class LaPaDataset(FaceDataset):
         mask = read_gray(lbl_path, "a single-channel label map with values 0..10")
         check_same_size(mask, image.shape[:2], lbl_path, "label map")
         check_label_values(mask, self.label_set.num_classes, lbl_path)
+        check_has_labels(mask, lbl_path)
         lmk = read_lapa_landmarks(d / "landmarks" / f"{name}.txt")
         five = lapa_five_points(lmk)
         raw: dict[str, Any] = {

@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 
 from faceparse.data.base import FaceDataset
-from faceparse.data.io import check_same_size, raise_if_problems, read_rgb, read_rgb_labels, require_dir, require_file
+from faceparse.data.io import (
+    check_has_labels,
+    check_same_size,
+    raise_if_problems,
+    read_rgb,
+    read_rgb_labels,
+    require_dir,
+    require_file,
+)
 from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.errors import FaceParseError
 from faceparse.labels import get_label_set
@@ -148,6 +156,7 @@ class PartLabelsDataset(FaceDataset):
         rgb = read_rgb_labels(lbl_path)
         check_same_size(rgb, image.shape[:2], lbl_path, "label image")
         mask = decode_ppm_labels(rgb, lbl_path, self.colour_tolerance)
+        check_has_labels(mask, lbl_path, what="label image (all blue = background)")
         raw: dict[str, Any] = {
             "image": image,
             "mask": mask,
