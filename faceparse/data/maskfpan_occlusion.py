@@ -191,6 +191,13 @@ def load_occluder_folder(folder: str | Path) -> list[np.ndarray]:
         if img is None or img.ndim != 3 or img.shape[2] != 4:
             found = "unreadable" if img is None else f"shape {img.shape}"
             raise FaceParseError(f"occluder '{path}' must be an RGBA image with an alpha channel; found {found}")
+        if img.dtype != np.uint8:  # 16-bit / float cut-outs: scale colour and alpha by their range
+            from faceparse.images import array_to_rgb
+
+            rgb = array_to_rgb(img[..., 2::-1], where=f"occluder '{path}'")
+            alpha = array_to_rgb(img[..., 3], where=f"occluder '{path}' alpha")[..., 0]
+            out.append(np.dstack([rgb, alpha]))
+            continue
         out.append(cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA))
     if not out:
         raise FaceParseError(f"occluder_dir '{folder}' holds no RGBA images ({', '.join(_IMAGE_SUFFIXES)})")

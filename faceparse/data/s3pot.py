@@ -182,10 +182,9 @@ class OcclusionFolder(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
 
         path = self.files[index]
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise FaceParseError(f"cannot read image '{path}'")
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        from faceparse.images import read_image
+
+        img = read_image(path, expected="an occluded face image")  # 16-bit/float scaled, names the file
         h0, w0 = img.shape[:2]
         s = self.image_size
 

@@ -75,10 +75,9 @@ class FolderReferences:
         if name is None:
             raise FaceParseError("FolderReferences needs the image's file name to find its reference")
         path = self.path_for(name)
-        ref = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if ref is None:
-            raise FaceParseError(f"cannot read reference image '{path}'")
-        ref = cv2.cvtColor(ref, cv2.COLOR_BGR2RGB)
+        from faceparse.images import read_image
+
+        ref = read_image(path, expected="an occlusion-free reference image")  # 16-bit/float scaled
         if ref.shape[:2] != image.shape[:2]:
             ref = cv2.resize(ref, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_AREA)
         return ref
