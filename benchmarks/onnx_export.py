@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 
 import faceparse
-from faceparse.bench import load_average, machine_description, markdown_table
+from faceparse.cli.bench import markdown_table
 from faceparse.export import NOT_EXPORTABLE, build_tiny, export_onnx
+from faceparse.profiling import load_average, machine_description
 
 START, END = "<!-- export-table:start -->", "<!-- export-table:end -->"
 

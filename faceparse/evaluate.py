@@ -17,7 +17,6 @@ resize) and scored against the original label map.
 from __future__ import annotations
 
 import copy
-import inspect
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,6 @@ import torch.nn.functional as F
 from faceparse.errors import FaceParseError
 from faceparse.labels import IGNORE_INDEX, LabelSet, get_label_set
 from faceparse.models.base import FaceParsingModel
-from faceparse.registry import COMMANDS, DATASETS
 
 
 def label_mapping(
@@ -154,66 +152,6 @@ def _update(metric: Any, logits: torch.Tensor, target: torch.Tensor, lut: torch.
     metric.update(pred.clamp(max=metric.num_classes - 1), target)
 
 
-@COMMANDS.register("evaluate")
-def evaluate_command(
-    model_dir: str,
-    dataset: str,
-    root: str = "",
-    split: str = "test",
-    image_size: int = 512,
-    batch_size: int = 8,
-    unmapped: str = "background",
-    flip_tta: bool = False,
-    original_resolution: bool = False,
-    align: bool = False,
-    limit: int = 0,
-    device: str = "cpu",
-) -> None:
-    """Evaluate a saved model (``save_pretrained`` folder) on a dataset, across label sets if needed.
-
-    Example: ``faceparse evaluate runs/celeb_model lapa --root /data/LaPa --split test``; the synthetic
-    dataset needs no root (``faceparse evaluate runs/model synthetic --split val``).
-    """
-    from faceparse import build_dataset, load_model
-    from faceparse.metrics import per_class_table
-
-    model = load_model(model_dir)
-    kwargs: dict[str, Any] = {"split": split, "image_size": image_size}
-    if root:
-        kwargs["root"] = root
-    elif "root" in inspect.signature(DATASETS.get(dataset)).parameters:
-        params = inspect.signature(DATASETS.get(dataset)).parameters
-        if params["root"].default is inspect.Parameter.empty:
-            raise FaceParseError(f"dataset '{dataset}' needs --root: the folder that holds it")
-    kwargs["mean"], kwargs["std"] = tuple(model.input_mean), tuple(model.input_std)
-    if align:
-        kwargs["align"] = True
-    ds = build_dataset(dataset, **kwargs)
-    res = evaluate(
-        model,
-        ds,
-        batch_size=batch_size,
-        unmapped=unmapped,
-        flip_tta=flip_tta,
-        original_resolution=original_resolution,
-        device=device,
-        limit=limit or None,
-        progress=True,
-    )
-    table = {
-        "f1": torch.tensor([res["f1"][c] for c in ds.label_set.classes]),
-        "iou": torch.tensor([res["iou"][c] for c in ds.label_set.classes]),
-        "mean_f1": torch.tensor(res["mean_f1"]),
-        "miou": torch.tensor(res["miou"]),
-        "pixel_acc": torch.tensor(res["pixel_acc"]),
-    }
-    print(f"{res['num_images']} faces of {dataset} {split}, scored in the '{res['label_set']}' label set")
-    try:
-        print(per_class_table(table, ds.label_set))
-    except (KeyError, TypeError):
-        print(res)
-
-
 # ---------------------------------------------------------------------------- Structure via Consensus protocol
 @torch.no_grad()
 def evaluate_consensus(
@@ -278,39 +216,3 @@ def consensus_table(result: dict[str, torch.Tensor], label_set: LabelSet) -> str
         rows.append(f"| recall {name} | {100 * float(result['recall'][i]):.2f} |")
     rows.append(f"| sparsity | {float(result['sparsity']):.3f} |")
     return "\n".join(rows)
-
-
-@COMMANDS.register("consensus evaluate")
-def consensus_evaluate(
-    model_dir: str,
-    dataset: str,
-    root: str | None = None,
-    split: str = "test",
-    protocol: str = "none",
-    original_resolution: bool = False,
-    batch_size: int = 16,
-    limit: int = 0,
-    device: str = "cpu",
-) -> str:
-    """Evaluate a saved model with the consensus paper's protocols (COFW, Part Labels).
-
-    --protocol cofw: face IoU, pixel accuracy, rec_face, rec_all inside the COFW face box with the
-    occlusion class merged into non-face; --protocol part_labels: pixel and superpixel accuracy, IoU
-    per class, rec_all; both report the sparsity. --original-resolution scores at the dataset's own
-    size (250 x 250 for Part Labels) with nearest-neighbour upsampled predictions; otherwise at the
-    model's input size (128).
-    """
-    from faceparse import build_dataset
-    from faceparse.models.base import load_model
-
-    model = load_model(model_dir, map_location=device)
-    kw: dict = {"split": split, "mean": tuple(model.input_mean), "std": tuple(model.input_std)}
-    kw["image_size"] = None if original_resolution else model.default_input_size
-    if root is not None:
-        kw["root"] = root
-    ds = build_dataset(dataset, **kw)
-    proto = None if protocol == "none" else protocol
-    res = evaluate_consensus(model, ds, proto, batch_size, device=device, limit=limit or None, progress=True)
-    where = "original resolution" if original_resolution else f"{model.default_input_size} x {model.default_input_size}"
-    scored = get_label_set("cofw") if proto == "cofw" else ds.label_set
-    return f"{dataset} {split}, protocol {protocol}, {where}:\n" + consensus_table(res, scored)

@@ -54,7 +54,7 @@ from torch import nn
 
 from faceparse.errors import FaceParseError, require
 from faceparse.labels import LabelSet
-from faceparse.registry import COMMANDS, MODELS, NotExportableView
+from faceparse.registry import MODELS, NotExportableView
 
 DEFAULT_OPSET = 17
 # Parity defaults (see the module docstring): abs tolerance, tolerance relative to max |logit|, and
@@ -681,36 +681,3 @@ def _load_any(model: str) -> nn.Module:
         f"--model '{model}' is neither a model directory (config.json + model.safetensors) nor a registered "
         "model name (`faceparse list models` lists them)"
     )
-
-
-@COMMANDS.register("export")
-def export(
-    model: str = "",
-    format: str = "onnx",
-    out: str = "",
-    size: int = 0,
-    opset: int = DEFAULT_OPSET,
-    check: bool = True,
-    dynamic: bool = True,
-) -> None:
-    """Export a saved model directory (or a registered model name) to ONNX.
-
-    ``faceparse export --model DIR --format onnx`` writes ``DIR/model.onnx`` (or ``--out``) and
-    compares onnxruntime with PyTorch (``--no-check`` skips that). ``--size`` sets the traced
-    input size (default: the model's). Height and width stay dynamic when onnxruntime matches
-    PyTorch at a second size too, else the traced size is fixed; ``--no-dynamic`` fixes it.
-    Nothing is written when the export or a check fails.
-    """
-    if not model:
-        raise FaceParseError("--model is required: a directory written by save_pretrained, or a registered model name")
-    if format.lower() != "onnx":
-        raise FaceParseError(f"--format '{format}' is not supported; the only export format is 'onnx'")
-    require("onnx", "onnx")
-    if check or dynamic:
-        require("onnxruntime", "onnx")
-    m = _load_any(model)
-    target = Path(out) if out else (Path(model) / "model.onnx" if Path(model).is_dir() else Path(f"{model}.onnx"))
-    res = export_onnx(
-        m, target, input_size=size or None, opset=opset, check=check, dynamic_hw=None if dynamic else False
-    )
-    print(f"wrote {res.path} ({res.summary()})")

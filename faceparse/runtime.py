@@ -3,7 +3,7 @@
 PyTorch's CPU build runs its intra-op pool on OpenMP, whose threads busy-wait between parallel
 regions by default. When another process holds one of the cores, the spinning threads and the
 thread that does the work take turns on the core and a training step slows down by 5-30x
-(`benchmarks/results/demo_time.md`). ``OMP_WAIT_POLICY=PASSIVE`` makes idle threads sleep instead.
+(measured by `benchmarks/demo_time.py`). ``OMP_WAIT_POLICY=PASSIVE`` makes idle threads sleep instead.
 OpenMP reads it once, when torch is first imported: :mod:`faceparse` sets it (unless the user
 did) before it imports torch, so the ``faceparse`` command and ``import faceparse`` before
 ``import torch`` get it.

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from faceparse.errors import FaceParseError
-from faceparse.registry import COMMANDS, DATASETS
+from faceparse.registry import DATASETS
 
 IGNORE_INDEX = 255
 
@@ -159,29 +159,3 @@ def format_report(reports: list[SplitReport]) -> str:
     lines.append(f"{len(problems)} problem(s)" + (":" if problems else ""))
     lines.extend(f"  - {p}" for p in problems)
     return "\n".join(lines)
-
-
-@COMMANDS.register("datasets check")
-def datasets_check(root: str, dataset: str = "", limit: int = 0, option: list[str] | None = None) -> None:
-    """Validate a dataset folder: faces per split, class frequencies, and every problem found.
-
-    ``--dataset`` is required (the adapter decides what the folder should hold).
-    ``--option key=value`` passes adapter arguments (e.g. ``--option mask_pattern={index1}.png``).
-    """
-    if not dataset:
-        raise FaceParseError(
-            f"--dataset is required: which adapter should read '{root}'? one of {', '.join(DATASETS.list())}"
-        )
-    kwargs: dict[str, Any] = {}
-    for item in option or []:
-        if "=" not in item:
-            raise FaceParseError(f"--option expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        import yaml
-
-        kwargs[key] = yaml.safe_load(value)
-    reports = check_dataset(root, dataset, limit=limit, progress=True, **kwargs)
-    print(format_report(reports))
-    n = len({p for r in reports for p in r.problems})
-    if n:
-        raise FaceParseError(f"{n} problem(s) found in {dataset} dataset at '{root}' (listed above)")

@@ -35,7 +35,7 @@ from faceparse.data.base import FaceDataset
 from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.errors import FaceParseError
 from faceparse.labels import LabelSet, get_label_set
-from faceparse.registry import COMMANDS, DATASETS
+from faceparse.registry import DATASETS
 
 BACKGROUND, FACE, OCCLUSION = 0, 1, 2
 
@@ -172,7 +172,6 @@ def face_class_ids(label_set: LabelSet, face_classes: Sequence[str] | None = Non
     return [i for i in range(label_set.num_classes) if lut[i] == 1]
 
 
-@COMMANDS.register("pseudo-labels occlusion")
 def pseudo_labels_occlusion(
     out_dir: str,
     dataset: str = "synthetic",

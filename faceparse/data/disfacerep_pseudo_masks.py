@@ -24,7 +24,7 @@ from faceparse.data.disfacerep_ccd import build_wrapped_dataset, image_key
 from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.errors import FaceParseError
 from faceparse.labels import LabelSet, get_label_set
-from faceparse.registry import COMMANDS, DATASETS
+from faceparse.registry import DATASETS
 
 __all__ = ["PseudoMaskDataset", "pseudo_labels_cam"]
 
@@ -90,7 +90,6 @@ class PseudoMaskDataset(FaceDataset):
         return out
 
 
-@COMMANDS.register("pseudo-labels cam")
 def pseudo_labels_cam(
     model: str | None = None,
     out_dir: str = "pseudo_masks",

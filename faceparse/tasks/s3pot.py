@@ -31,7 +31,7 @@ from faceparse.errors import FaceParseError
 from faceparse.labels import LabelSet, get_label_set
 from faceparse.losses.s3pot import PromptLoss
 from faceparse.metrics import OcclusionIoU
-from faceparse.registry import COMMANDS, MODELS
+from faceparse.registry import MODELS
 
 
 def per_image_overfit(
@@ -316,25 +316,3 @@ def predict_occlusion(
         cv2.imwrite(str(target), mask)
         written.append(target)
     return written
-
-
-@COMMANDS.register("s3pot predict")
-def s3pot_predict(
-    model_dir: str,
-    images: list[str],
-    out_dir: str = "",
-    references: str = "",
-    face_masks: str = "",
-    per_image_steps: int = 0,
-) -> None:
-    """Write S3POT occlusion masks for IMAGES with the model saved in MODEL_DIR."""
-    paths = predict_occlusion(
-        model_dir,
-        images,
-        out_dir or None,
-        references or None,
-        face_masks or None,
-        per_image_steps,
-    )
-    for path in paths:
-        print(path)

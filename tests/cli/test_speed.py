@@ -1,16 +1,29 @@
-"""Speed benchmark (faceparse.bench): FLOP and memory counting, timing, tables, command."""
+"""Speed measurement (faceparse.profiling), the `faceparse bench` table and the benchmarks/speed.py harness."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from faceparse import bench
+from faceparse import profiling as bench
 from faceparse.cli import main
 from faceparse.errors import FaceParseError
+
+SPEED_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "speed.py"
+
+
+@pytest.fixture(scope="module")
+def speed():
+    """benchmarks/speed.py, the zoo-wide harness (a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("benchmarks_speed", SPEED_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_count_flops_matches_hand_count():
@@ -76,8 +89,8 @@ def test_bench_model_row_is_complete_and_consistent():
     assert row["params_m"] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6)
     assert row["gflops"] * 1e9 == bench.count_flops(model, torch.randn(1, 3, 32, 32))
     weights = bench.parameter_bytes(model) / 2**20
-    assert weights < row["peak_mem_b1_mib"] < row["peak_mem_b8_mib"]
-    assert row["latency_b1_ms"] > 0 and row["throughput_b8_ips"] > 0
+    assert weights < row["peak_mem_b1_mib"] < row["peak_mem_bn_mib"]
+    assert row["latency_b1_ms"] > 0 and row["throughput_bn_ips"] > 0 and row["batch"] == 2
 
 
 def test_bench_model_reports_errors_instead_of_raising():
@@ -85,8 +98,8 @@ def test_bench_model_reports_errors_instead_of_raising():
     assert "error" in row and row["model"] == "unet"
 
 
-def test_bench_variants_ratios():
-    row = bench.bench_variants(
+def test_bench_variants_ratios(speed):
+    row = speed.bench_variants(
         "unet", size=32, variants=["eager", "inference_mode", "channels_last"], repeats=1,
         model_kwargs={"encoder": "resnet18"},
     )  # fmt: skip
@@ -95,16 +108,43 @@ def test_bench_variants_ratios():
     assert row["channels_last_maxdiff"] < 1e-3
 
 
-def test_command_writes_markdown_csv_and_docs(tmp_path, capsys):
+def test_command_prints_table_titled_by_batch_and_writes_only_to_out_dir(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--models", "fpn", "--size", "32", "--repeats", "1", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "CPU throughput b2 (img/s)" in out and "peak mem b2 (MiB)" in out and "b8" not in out
+    assert "| fpn | 32 |" in out
+    assert not list(tmp_path.rglob("*")), "no --out-dir: nothing written"
+    rc = main(["bench", "--models", "fpn", "--size", "32", "--repeats", "1", "--batch", "2",
+               "--out-dir", str(tmp_path / "res"), "--tag", "t"])  # fmt: skip
+    assert rc == 0
+    md = (tmp_path / "res" / "speed_t.md").read_text()
+    assert "| fpn | 32 |" in md and "fp32 matmul peak measured" in md and "b2" in md
+    rows = list(csv.DictReader((tmp_path / "res" / "speed_t.csv").open()))
+    assert rows[0]["model"] == "fpn" and float(rows[0]["gflops"]) > 0
+    assert 0 < float(rows[0]["peak_fraction"]) < 5
+
+
+def test_command_rejects_bad_numbers_and_patterns(tmp_path, capsys):
+    assert main(["bench", "--batch", "0"]) == 2
+    assert "--batch must be > 0" in capsys.readouterr().err
+    assert main(["bench", "--models", "no_such_*", "--repeats", "1"]) == 2
+    assert "no_such_*" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["bench", "--models", "fpn", "--out-dir", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_script_writes_markdown_csv_and_docs(tmp_path, speed, capsys):
     docs = tmp_path / "models.md"
-    docs.write_text(f"# Zoo\n\n{bench.DOCS_START}\nold\n{bench.DOCS_END}\n\ntail\n")
-    rc = main(
-        ["bench", "--models", "fpn", "--size", "32", "--repeats", "1", "--batch", "2",
+    docs.write_text(f"# Zoo\n\n{speed.DOCS_START}\nold\n{speed.DOCS_END}\n\ntail\n")
+    rc = speed.main(
+        ["--models", "fpn", "--size", "32", "--repeats", "1", "--batch", "2",
          "--out-dir", str(tmp_path), "--tag", "t", "--docs", str(docs)]
     )  # fmt: skip
     assert rc == 0
     md = next(tmp_path.glob("speed_t_*.md")).read_text()
-    assert "| fpn | 32 |" in md and "fp32 matmul peak measured" in md
+    assert "| fpn | 32 |" in md and "fp32 matmul peak measured" in md and "CPU throughput b2" in md
     rows = list(csv.DictReader(next(tmp_path.glob("speed_t_*.csv")).open()))
     assert rows[0]["model"] == "fpn" and float(rows[0]["gflops"]) > 0
     assert 0 < float(rows[0]["peak_fraction"]) < 5
@@ -112,11 +152,11 @@ def test_command_writes_markdown_csv_and_docs(tmp_path, capsys):
     assert "old" not in text and "| fpn |" in text and text.endswith("tail\n")
 
 
-def test_update_docs_table_needs_markers(tmp_path):
+def test_update_docs_table_needs_markers(tmp_path, speed):
     p = tmp_path / "x.md"
     p.write_text("no markers")
     with pytest.raises(FaceParseError, match="markers"):
-        bench.update_docs_table(p, "| a |")
+        speed.update_docs_table(p, "| a |")
 
 
 def test_meta_count_matches_real_count_and_skips():
@@ -132,7 +172,7 @@ def test_meta_count_matches_real_count_and_skips():
 
 def test_batch_timing_skipped_when_over_budget():
     row = bench.bench_model("unet", size=32, repeats=1, batch=4, budget_s=1e-9, model_kwargs={"encoder": "resnet18"})
-    assert row["latency_b1_ms"] > 0 and "throughput_b8_ips" not in row
+    assert row["latency_b1_ms"] > 0 and "throughput_bn_ips" not in row
     assert "batch 4 skipped" in row["note"]
 
 

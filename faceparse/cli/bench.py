@@ -1,0 +1,127 @@
+"""``faceparse bench``: a speed table of registered models (parameters, FLOPs, latency, memory).
+
+Prints a Markdown table; ``--out-dir`` also writes it as ``speed[_TAG].md`` and ``.csv`` there.
+The zoo-wide harness with dated result files, inference variants, GPU timings and the docs table
+is ``benchmarks/speed.py``; both measure with :mod:`faceparse.profiling`.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from faceparse.cli._args import NonNegativeInt, PositiveFloat, PositiveInt, out_dir
+
+
+def columns(batch: int) -> list[tuple[str, str, str]]:
+    """(row key, title, format) of the table; the batch-``batch`` titles name that batch size."""
+    return [
+        ("model", "model", "{}"),
+        ("input_size", "input", "{}"),
+        ("params_m", "params (M)", "{:.2f}"),
+        ("gflops", "GFLOPs (b1)", "{:.2f}"),
+        ("latency_b1_ms", "CPU latency b1 (ms)", "{:.1f}"),
+        ("throughput_bn_ips", f"CPU throughput b{batch} (img/s)", "{:.2f}"),
+        ("peak_mem_b1_mib", "peak mem b1 (MiB)", "{:.0f}"),
+        ("peak_mem_bn_mib", f"peak mem b{batch} (MiB)", "{:.0f}"),
+        ("achieved_gflops_s", f"achieved GFLOP/s (b{batch})", "{:.1f}"),
+        ("peak_fraction", "% of fp32 matmul peak", "{:.1%}"),
+        ("note", "note", "{}"),
+    ]
+
+
+def _fmt(v: Any, f: str) -> str:
+    if v is None or v == "":
+        return "-"
+    try:
+        return f.format(v)
+    except (ValueError, TypeError):
+        return str(v)
+
+
+def markdown_table(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) -> str:
+    """A Markdown table of ``rows``; failed models get their error in the last column."""
+    has_err = any(r.get("error") for r in rows)
+    head = [c[1] for c in cols] + (["error"] if has_err else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        cells = [_fmt(r.get(k), f) for k, _, f in cols]
+        if has_err:
+            cells.append(str(r.get("error", "")).replace("|", "/"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_tables(
+    rows: list[dict[str, Any]], directory: str | Path, stem: str, header: str, cols: list[tuple[str, str, str]]
+) -> tuple[Path, Path]:
+    """Write ``<stem>.md`` (header + table) and ``<stem>.csv`` (every field) into ``directory``."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / f"{stem}.md"
+    md.write_text(header.rstrip() + "\n\n" + markdown_table(rows, cols) + "\n")
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    path = out / f"{stem}.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    return md, path
+
+
+def bench_arguments(parser) -> None:
+    parser.add_argument("--models", default="*", help="comma-separated shell patterns, e.g. 'segface_*,unet'")
+    parser.add_argument("--size", type=PositiveInt, default=None, help="input size (default: each model's)")
+    parser.add_argument("--repeats", type=PositiveInt, default=5, help="timed runs per batch size (median)")
+    parser.add_argument("--warmup", type=NonNegativeInt, default=1)
+    parser.add_argument("--batch", type=PositiveInt, default=8, help="the throughput batch size")
+    parser.add_argument("--budget", type=PositiveFloat, default=60.0, help="seconds of timed runs per batch size")
+    parser.add_argument("--threads", type=PositiveInt, default=None, help="torch intra-op threads")
+    parser.add_argument("--max-gflops", type=PositiveFloat, default=None, help="skip timing above this (FLOPs only)")
+    parser.add_argument("--skip", default="", help="patterns of models to count but not time")
+    parser.add_argument("--out-dir", default=None, help="also write speed[_TAG].md and .csv here")
+    parser.add_argument("--tag", default="", help="file name tag for --out-dir")
+
+
+def bench(cfg) -> None:
+    """Speed of registered models: parameters, FLOPs, CPU latency and throughput, peak memory.
+
+    Prints a Markdown table; --out-dir also writes it as Markdown and CSV. Zoo-wide runs with dated
+    result files, inference variants, GPU timings and the docs table: python benchmarks/speed.py.
+    """
+    target = out_dir(cfg.out_dir)
+    import torch
+
+    from faceparse import profiling
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    names = profiling.resolve_models(cfg.models)
+    skip = profiling.resolve_models(cfg.skip) if cfg.skip else []
+    rows, peak = profiling.run_benchmark(
+        names,
+        size=cfg.size,
+        repeats=cfg.repeats,
+        warmup=cfg.warmup,
+        batch=cfg.batch,
+        budget_s=cfg.budget,
+        max_gflops=cfg.max_gflops,
+        skip=skip,
+    )
+    cols = columns(cfg.batch)
+    print(markdown_table(rows, cols))
+    print(f"fp32 matmul peak measured in this run: {peak / 1e9:.1f} GFLOP/s")
+    if target is not None:
+        header = (
+            "# Model speed (`faceparse bench`)\n\n"
+            f"- machine: {profiling.machine_description()}\n"
+            f"- timing: median of up to {cfg.repeats} runs after {cfg.warmup} warm-up run(s), "
+            f"torch.inference_mode, random weights, fp32; batch {cfg.batch} for throughput\n"
+            f"- fp32 matmul peak measured in this run: {peak / 1e9:.1f} GFLOP/s\n"
+            f"- load average (1/5/15 min): {profiling.load_average()}\n"
+        )
+        md, path = write_tables(rows, target, f"speed{'_' + cfg.tag if cfg.tag else ''}", header, cols)
+        print(f"wrote {md} and {path}")
