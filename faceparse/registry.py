@@ -250,21 +250,11 @@ DATASET_MODULES = (
     "faceparse.data.maskfpan_occlusion",
     "faceparse.data.s3pot",
 )
-COMMAND_MODULES = (
-    "faceparse.bench",
-    "faceparse.data.check",
-    "faceparse.data.consensus_pseudo",
-    "faceparse.data.disfacerep_pseudo_masks",
-    "faceparse.evaluate",
-    "faceparse.export",
-    "faceparse.models.consensus.model",
-    "faceparse.models.segface",
-    "faceparse.tasks.s3pot",
-)
-
 MODELS = Registry("model", MODEL_MODULES)
 LOSSES = Registry("loss", LOSS_MODULES)
 DATASETS = Registry("dataset", DATASET_MODULES)
-COMMANDS = Registry("command", COMMAND_MODULES)
+# Unused: the commands live in faceparse.cli (its static COMMANDS table). Kept only while
+# faceparse/__init__.py re-exports it; delete both together.
+COMMANDS = Registry("command", ())
 # Networks that are not face parsers (no B x K x H x W logits): Mask-FPAN's landmark and de-occlusion modules.
 AUX_MODELS = Registry("auxiliary model", AUX_MODEL_MODULES)

@@ -145,5 +145,7 @@ def test_pseudo_masks_threshold_and_labels():
 
 def test_registered():
     assert {"mct_vit_small", "mct_vit_tiny"} <= set(faceparse.list_models("mct_vit_*"))
-    assert "pseudo-labels cam" in faceparse.registry.COMMANDS
+    from faceparse.cli import COMMANDS
+
+    assert "pseudo-labels cam" in COMMANDS
     assert "pseudo" in faceparse.registry.DATASETS and "ccd" in faceparse.registry.DATASETS
