@@ -228,7 +228,9 @@ class HelenDataset(FaceDataset):
                     f"missing image '{d / (name + '_image.jpg')}' for label '{d / (name + '_label.png')}'"
                 )
         if not self.names and not self.problems:
-            self.problems.append(f"no faces found for split '{split}' in '{base}'")
+            where = base / split if layout == "star" else base / SMITH_SPLITS[split]
+            expected = "<name>_image.jpg + <name>_label.png" if layout == "star" else "lines 'index , name'"
+            self.problems.append(f"no faces found for split '{split}' in '{where}' (expected {expected})")
         raise_if_problems(self.problems, f"Helen {split} at '{base}'", strict)
 
     def __len__(self) -> int:
