@@ -114,7 +114,7 @@ def resolve_command(argv: Sequence[str]) -> tuple[str, list[str]]:
 def _new_parser(prog: str, description: str | None = None) -> argparse.ArgumentParser:
     from jsonargparse import ArgumentParser
 
-    return ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    return ArgumentParser(prog=prog, description=description, exit_on_error=False, allow_abbrev=False)
 
 
 def command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:

@@ -239,8 +239,9 @@ def test_evaluate_command_on_saved_model(lapa, tmp_path, capsys):
     model = faceparse.build_model("unet", encoder="resnet18", label_set="celebamask_hq")
     model.save_pretrained(tmp_path / "m")
     rc = cli_main(
-        ["evaluate", str(tmp_path / "m"), "lapa", "--root", str(lapa["root"]), "--split", "val", "--image-size", "64"]
-    )
+        ["evaluate", "--model", str(tmp_path / "m"), "--dataset", "lapa", "--root", str(lapa["root"]), "--split", "val",
+         "--image-size", "64"]
+    )  # fmt: skip
     assert rc == 0
     out = capsys.readouterr().out
     assert "2 faces of lapa val" in out and "'lapa' label set" in out and "| nose |" in out

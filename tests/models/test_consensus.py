@@ -326,8 +326,8 @@ def test_consensus_evaluate_part_labels_at_250_and_cofw(tmp_path):
     from fixture_trees import write_cofw, write_part_labels
 
     from faceparse.cli import main
+    from faceparse.evaluate import evaluate_consensus
     from faceparse.metrics import upsample_labels
-    from faceparse.models.consensus.model import evaluate_consensus
 
     torch.manual_seed(0)
     model = faceparse.build_model("consensus_net", label_set="part_labels", width=8, input_size=32).eval()
@@ -348,16 +348,19 @@ def test_consensus_evaluate_part_labels_at_250_and_cofw(tmp_path):
         total += s["mask"].numel()
     assert res["pixel_acc"].item() == pytest.approx(correct / total, abs=1e-6)
     assert {"superpixel_acc", "sparsity", "rec_all", "face_iou"} <= set(res)
-    args = ["consensus", "evaluate", str(tmp_path / "m"), "part_labels", "--root", str(tmp_path / "pl")]
+    args = ["evaluate", "consensus", "--model", str(tmp_path / "m"), "--dataset", "part_labels",
+            "--root", str(tmp_path / "pl")]  # fmt: skip
     assert main([*args, "--protocol", "part_labels", "--original-resolution"]) == 0
     # COFW protocol with a 3-class model
     cofw_model = faceparse.build_model("consensus_net", width=8, input_size=32)
     cofw_model.save_pretrained(tmp_path / "c")
     write_cofw(tmp_path / "cofw", n_train=1, n_test=2, size=64)
     args = [
-        "consensus",
         "evaluate",
+        "consensus",
+        "--model",
         str(tmp_path / "c"),
+        "--dataset",
         "cofw",
         "--root",
         str(tmp_path / "cofw"),

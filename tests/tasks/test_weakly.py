@@ -101,7 +101,7 @@ def test_pseudo_labels_command_and_dataset(trained, tmp_path, capsys):
             str(model_dir),
             "--out-dir",
             str(out),
-            "--data",
+            "--dataset",
             "synthetic",
             "--num-samples",
             "3",
@@ -133,7 +133,8 @@ def test_pseudo_labels_command_and_dataset(trained, tmp_path, capsys):
     assert np.array_equal(true.load_raw(1)["mask"], base.load_raw(1)["mask"])
     # errors name the missing thing
     assert main(["pseudo-labels", "cam", "--out-dir", str(out)]) == 2
-    assert "--model is required" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: faceparse pseudo-labels cam:" in err and "required" in err and "model" in err
     (out / pngs[2].name).unlink()
     with pytest.raises(FaceParseError, match="synthetic_train_000002.png"):
         ds.load_raw(2)
