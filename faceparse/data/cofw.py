@@ -4,10 +4,11 @@ Files (as released)::
 
     COFW_train_color.mat   IsTr (cell of images), phisTr (N x 87), bboxesTr (N x 4); 1,345 faces
     COFW_test_color.mat    IsT, phisT, bboxesT; 507 faces
-    <mask_dir>/<mask_pattern>   binary face masks of the test faces (255 = face), a separate release
+    <mask_dir>/<mask_pattern>   binary face masks of the test faces (255 or 1 = face), a separate release
 
 Both MATLAB v7.3 (HDF5, read with h5py: arrays are stored transposed, the image cell is an array of
-object references, some images are 2-D grayscale) and older v5 files (scipy.io) are read. ``phis``
+object references, some images are 2-D grayscale) and older v5 files (scipy.io) are read. Images are
+scaled by their real range (uint16 by 255/65535, float [0, 1] by 255; ``faceparse.images``). ``phis``
 rows hold x[0:29], y[29:58], occlusion flag[58:87]; boxes are x, y, w, h. MATLAB coordinates are
 1-based: faceparse subtracts 1 from landmarks and boxes (0-based pixel indices, ``face_box`` is
 x0, y0, x1, y1 with x1 = x0 + w).
@@ -183,7 +184,8 @@ class COFWDataset(FaceDataset):
         ignore_outside_box: label pixels outside the face box as ignore (255).
         landmarks: ``"29"`` or ``"5"``.
         align, align_size, align_scale: 5-point alignment, see ``faceparse.data.align``.
-        strict: raise on indexing problems (missing masks) or record them in ``self.problems``.
+        strict: raise on indexing problems (missing masks, NaN/infinite landmarks or boxes) or record
+            them in ``self.problems`` and leave those faces out.
     """
 
     def __init__(
