@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from faceparse.cli._args import PositiveInt, out_dir, yes_no
+from faceparse.errors import FaceParseError
 
 
 def predict_arguments(parser) -> None:
@@ -61,6 +62,11 @@ def predict(cfg) -> int:
     For an S3POT model folder (or with --occlusion) writes <stem>_occlusion.png masks instead.
     """
     out = out_dir(cfg.out_dir)
+    if not Path(cfg.model).exists():  # answered before torch is imported
+        raise FaceParseError(
+            f"--model '{cfg.model}' does not exist (expected a folder written by save_pretrained"
+            + (", or a .onnx file)" if cfg.backend == "onnxruntime" else ")")
+        )
     occlusion = cfg.occlusion if cfg.occlusion is not None else is_s3pot_folder(cfg.model)
     if occlusion:
         from faceparse.tasks.s3pot import predict_occlusion

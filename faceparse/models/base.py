@@ -333,6 +333,15 @@ def load_model(
         state = load_file(str(weights_path), device=str(map_location))
     except Exception as exc:  # safetensors raises its own error types
         raise FaceParseError(f"cannot read weights '{weights_path}': {exc}") from exc
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise FaceParseError(
+            f"'{config_path}' does not match the weights in '{weights_path}': {len(wrong)} tensor(s) differ in "
+            f"shape, e.g. '{k}' is {tuple(state[k].shape)} in the weights but {tuple(own[k].shape)} for the model "
+            f"config.json describes (was config.json edited, or copied from another model?)"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if strict and (missing or unexpected):
         raise FaceParseError(
