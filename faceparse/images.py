@@ -28,22 +28,33 @@ from faceparse.errors import FaceParseError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 
 
-def _open(path: Path, expected: str) -> Any:
+def open_image(path: str | os.PathLike, expected: str, draft: tuple[int, int] | None = None) -> Any:
+    """Open and fully decode an image file with Pillow; any failure is a FaceParseError naming the file.
+
+    ``draft`` (w, h): a JPEG may be decoded at a reduced scale (1/2, 1/4, 1/8) as long as it stays at
+    least that large. Used for photos and label maps alike (label maps keep their mode).
+    """
     from PIL import Image, ImageFile
 
+    path = Path(path)
     if not path.is_file():
-        raise FaceParseError(f"image '{path}' does not exist (expected {expected})")
+        raise FaceParseError(f"missing file: '{path}' does not exist (expected {expected})")
     # Some libraries switch PIL's LOAD_TRUNCATED_IMAGES on globally; a truncated file must still fail.
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         img = Image.open(path)
+        if draft is not None and img.format == "JPEG":
+            img.draft("RGB", draft)  # DCT-domain downscale to at least ``draft``
         img.load()  # decodes fully: a truncated file raises here instead of giving a grey bottom half
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise FaceParseError(f"cannot read '{path}' (expected {expected}): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise OSError, EOFError, struct.error, ...
+        raise FaceParseError(f"cannot read '{path}' (expected {expected}): {type(exc).__name__}: {exc}") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
     return img
+
+
+_open = open_image  # the name used before open_image was public
 
 
 def array_to_rgb(arr: Any, where: str = "image") -> np.ndarray:

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
 from faceparse.errors import FaceParseError
-from faceparse.images import pil_to_rgb
+from faceparse.images import open_image, pil_to_rgb
 
 IGNORE_INDEX = 255
 
@@ -29,21 +29,7 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
 
 
 def _open(path: Path, expected: str, draft: tuple[int, int] | None = None) -> Image.Image:
-    if not path.is_file():
-        raise FaceParseError(f"missing file '{path}' (expected {expected})")
-    # Some libraries switch PIL's LOAD_TRUNCATED_IMAGES on globally; a truncated file must still fail.
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        img = Image.open(path)
-        if draft is not None and img.format == "JPEG":
-            img.draft("RGB", draft)  # DCT-domain downscale (1/2, 1/4, 1/8) to at least ``draft``
-        img.load()  # decodes fully: a truncated file raises here instead of giving a grey bottom half
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise FaceParseError(f"cannot read '{path}' (expected {expected}): {exc}") from None
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-    return img
+    return open_image(path, expected, draft=draft)  # the one decoder (faceparse.images)
 
 
 def read_rgb(path: str | os.PathLike, min_size: tuple[int, int] | None = None) -> np.ndarray:
