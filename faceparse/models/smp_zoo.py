@@ -69,13 +69,21 @@ class SMPModel(FaceParsingModel):
         except KeyError as exc:
             raise FaceParseError(f"unknown encoder '{encoder}' for smp {arch}: {exc}") from exc
         if pretrained is not None:
-            from faceparse.models.weights import load_weights_file
+            from faceparse.models.weights import load_weights, read_state_dict
 
-            load_weights_file(
+            what = f"smp {arch} encoder '{encoder}' weights file (pretrained=)"
+            state = read_state_dict(
+                pretrained, what=what, hint="pass a local state-dict file of the encoder (nothing is downloaded)"
+            )
+            own = self.net.encoder.state_dict()
+            if encoder.startswith("tu-") and not any(k in own for k in state):
+                # a plain timm checkpoint for a ``tu-`` encoder, which holds the timm model as ``model``
+                state = {f"model.{k}": v for k, v in state.items()}
+            load_weights(
                 self.net.encoder,
+                state,
                 pretrained,
-                what=f"smp {arch} encoder '{encoder}' weights file (pretrained=)",
-                hint="pass a local state-dict file of the encoder (nothing is downloaded)",
+                what=what,
                 strict=pretrained_strict,
                 allow_unexpected=_IMAGENET_HEAD_KEYS,
             )

@@ -257,3 +257,19 @@ def test_read_state_dict_unwraps_and_strips_module_prefix(tmp_path):
     path = tmp_path / "w.pth"
     torch.save({"state_dict": {"module.a": torch.zeros(1)}, "epoch": 3}, path)
     assert list(read_state_dict(path)) == ["a"]
+
+
+def test_plain_timm_checkpoint_loads_into_a_tu_encoder(tmp_path):
+    import timm
+
+    state = _perturbed(timm.create_model("resnet18", pretrained=False).state_dict())  # with its fc.* head
+    path = tmp_path / "timm_resnet18.pth"
+    torch.save(state, path)
+    model = faceparse.build_model("unet", encoder="tu-resnet18", label_set="lapa", input_size=64, pretrained=str(path))
+    torch.testing.assert_close(
+        model.net.encoder.state_dict()["model.layer3.0.conv1.weight"], state["layer3.0.conv1.weight"]
+    )
+    state.pop("layer3.0.conv1.weight")
+    torch.save(state, path)
+    with pytest.raises(FaceParseError, match="layer3.0.conv1.weight"):
+        faceparse.build_model("unet", encoder="tu-resnet18", label_set="lapa", input_size=64, pretrained=str(path))
