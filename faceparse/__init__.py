@@ -22,7 +22,7 @@ import importlib  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 from faceparse.errors import FaceParseError  # noqa: E402
-from faceparse.registry import AUX_MODELS, COMMANDS, DATASETS, LOSSES, MODELS, ModelCfg  # noqa: E402
+from faceparse.registry import AUX_MODELS, DATASETS, LOSSES, MODELS, ModelCfg  # noqa: E402
 
 if TYPE_CHECKING:
     from faceparse.labels import LabelSet, generic_label_set, get_label_set, list_label_sets
@@ -146,7 +146,6 @@ def model_info(name: str, count_parameters: bool = True, **kwargs: Any) -> dict[
 
 __all__ = [
     "AUX_MODELS",
-    "COMMANDS",
     "DATASETS",
     "LOSSES",
     "MODELS",

@@ -1,4 +1,4 @@
-"""Name -> factory registries for models, losses, datasets and command-line commands.
+"""Name -> factory registries for models, losses and datasets (commands: ``faceparse.cli.COMMANDS``).
 
 This module is light (standard library only): ``import faceparse`` imports it without torch. A
 registry is filled by importing the modules that register into it; each registry names those
@@ -253,8 +253,5 @@ DATASET_MODULES = (
 MODELS = Registry("model", MODEL_MODULES)
 LOSSES = Registry("loss", LOSS_MODULES)
 DATASETS = Registry("dataset", DATASET_MODULES)
-# Unused: the commands live in faceparse.cli (its static COMMANDS table). Kept only while
-# faceparse/__init__.py re-exports it; delete both together.
-COMMANDS = Registry("command", ())
 # Networks that are not face parsers (no B x K x H x W logits): Mask-FPAN's landmark and de-occlusion modules.
 AUX_MODELS = Registry("auxiliary model", AUX_MODEL_MODULES)
