@@ -1169,8 +1169,16 @@ def run_case(case: Case, tree: Path, info: dict) -> tuple[str, str]:
             return "silently_wrong", f"no error, expected one naming {expect.file!r}"
         try:
             expect.check(raws)
+            # and through the whole sample pipeline (transform + tensors) at the original size
+            sample = ds[0]
+            img = sample["image"].numpy()
+            assert img.shape[1:] == raws[0]["image"].shape[:2], "sample image size differs from the raw one"
+            assert np.isfinite(img).all(), "sample image has NaN/inf values"
+            same(sample["mask"].numpy(), raws[0]["mask"], "sample mask")
         except AssertionError as exc:
             return "silently_wrong", str(exc)
+        except Exception:  # noqa: BLE001
+            return "raw_traceback", traceback.format_exc(limit=4)
         outcome = "read_correctly"
     # the same tree through `faceparse datasets check` (the library function behind it)
     try:
