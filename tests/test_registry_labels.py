@@ -96,3 +96,57 @@ def test_model_info_counts_parameters_without_materialising():
     real = faceparse.build_model("unet", encoder="resnet18", label_set="lapa")
     assert info["parameters"] == sum(p.numel() for p in real.parameters())
     assert not isinstance(info["parameters"], torch.Tensor)
+
+
+def test_model_cfg_is_typed_and_validated():
+    from faceparse.registry import ModelCfg
+
+    cfg = faceparse.MODELS.cfg("consensus_net")
+    assert isinstance(cfg, ModelCfg) and cfg.label_set == "cofw_occlusion" and cfg.input_size == 128
+    assert cfg.tiny == {"width": 8, "input_size": 32} and cfg.test_input_size == 32
+    meta = faceparse.MODELS.metadata("consensus_net")  # the dict view keeps working
+    assert meta["paper"] == cfg.paper and meta["tiny"] == cfg.tiny and meta["exportable"] is True
+    meta["tiny"]["width"] = 999  # a copy: the registry is not changed through it
+    assert faceparse.MODELS.cfg("consensus_net").tiny["width"] == 8
+    assert faceparse.MODELS.metadata("segface_resnet101")["backbone"] == "resnet101"  # extra facts flattened
+    with pytest.raises(ValueError, match="not_exportable_reason"):
+        ModelCfg(paper="P", exportable=False)
+    with pytest.raises(KeyError, match="without a ModelCfg"):
+        faceparse.LOSSES.cfg("ce")
+
+
+def test_registry_imports_its_modules_on_first_query(tmp_path, monkeypatch):
+    (tmp_path / "fp_fake_models.py").write_text(
+        "from faceparse.registry import REG_UNDER_TEST as R, ModelCfg\n"
+        "@R.register(ModelCfg(paper='P', tiny={}))\n"
+        "def fake_one(**kw):\n    return kw\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry("model", ["fp_fake_models"])
+    monkeypatch.setattr(faceparse.registry, "REG_UNDER_TEST", reg, raising=False)
+    assert "not loaded" in repr(reg)
+    assert reg.list() == ["fake_one"] and reg.cfg("fake_one").paper == "P"
+    assert reg.build("fake_one", a=1) == {"a": 1}
+
+
+def test_not_exportable_is_derived_from_the_configs():
+    from faceparse.export import NOT_EXPORTABLE
+
+    expected = {n for n in faceparse.list_models() if not faceparse.MODELS.cfg(n).exportable}
+    assert set(NOT_EXPORTABLE) == expected and {"mct_vit_tiny", "s3pot_tiny"} <= expected
+    assert "unet" not in NOT_EXPORTABLE and "TorchScript" in NOT_EXPORTABLE["s3pot_vit_b"]
+    assert dict(NOT_EXPORTABLE)["mct_vit_small"] == faceparse.MODELS.cfg("mct_vit_small").not_exportable_reason
+
+
+def test_generic_label_sets():
+    from faceparse.labels import generic_label_set
+
+    ls = generic_label_set(4)
+    assert ls.name == "generic_4" and ls.classes == ("background", "class_1", "class_2", "class_3")
+    assert ls.flip_pairs == () and get_label_set("generic_4") == ls
+    assert LabelSet.from_dict(ls.to_dict()) == ls
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            generic_label_set(bad)
+    with pytest.raises(KeyError, match="unknown label set"):
+        get_label_set("generic_x")
