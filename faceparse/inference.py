@@ -237,7 +237,7 @@ class Predictor:
             every side.
         batch_size: crops per forward pass.
         channels_last: run the model with channels_last memory format (often faster for conv
-            nets on CPU; see ``faceparse bench --variants``).
+            nets on CPU; see ``benchmarks/speed.py --variants``).
         detector: a callable ``image -> list of (x0, y0, x1, y1)`` replacing the cascade
             (implies ``detect_faces``).
         no_face: what to do when detection finds no face in an image: ``"whole"`` (default)

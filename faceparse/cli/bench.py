@@ -1,6 +1,6 @@
 """``faceparse bench``: a speed table of registered models (parameters, FLOPs, latency, memory).
 
-Prints a Markdown table; ``--out-dir`` also writes it as ``speed[_TAG].md`` and ``.csv`` there.
+Prints a Markdown table; ``--out-dir`` also writes it as ``speed[_TAG]_<date>.md`` and ``.csv`` there.
 The zoo-wide harness with dated result files, inference variants, GPU timings and the docs table
 is ``benchmarks/speed.py``; both measure with :mod:`faceparse.profiling`.
 """
@@ -8,6 +8,7 @@ is ``benchmarks/speed.py``; both measure with :mod:`faceparse.profiling`.
 from __future__ import annotations
 
 import csv
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def bench_arguments(parser) -> None:
     parser.add_argument("--threads", type=PositiveInt, default=None, help="torch intra-op threads")
     parser.add_argument("--max-gflops", type=PositiveFloat, default=None, help="skip timing above this (FLOPs only)")
     parser.add_argument("--skip", default="", help="patterns of models to count but not time")
-    parser.add_argument("--out-dir", default=None, help="also write speed[_TAG].md and .csv here")
+    parser.add_argument("--out-dir", default=None, help="also write speed[_TAG]_<date>.md and .csv here")
     parser.add_argument("--tag", default="", help="file name tag for --out-dir")
 
 
@@ -123,5 +124,6 @@ def bench(cfg) -> None:
             f"- fp32 matmul peak measured in this run: {peak / 1e9:.1f} GFLOP/s\n"
             f"- load average (1/5/15 min): {profiling.load_average()}\n"
         )
-        md, path = write_tables(rows, target, f"speed{'_' + cfg.tag if cfg.tag else ''}", header, cols)
+        date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+        md, path = write_tables(rows, target, f"speed{'_' + cfg.tag if cfg.tag else ''}_{date}", header, cols)
         print(f"wrote {md} and {path}")

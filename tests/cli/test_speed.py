@@ -118,9 +118,9 @@ def test_command_prints_table_titled_by_batch_and_writes_only_to_out_dir(tmp_pat
     rc = main(["bench", "--models", "fpn", "--size", "32", "--repeats", "1", "--batch", "2",
                "--out-dir", str(tmp_path / "res"), "--tag", "t"])  # fmt: skip
     assert rc == 0
-    md = (tmp_path / "res" / "speed_t.md").read_text()
+    md = next((tmp_path / "res").glob("speed_t_*.md")).read_text()
     assert "| fpn | 32 |" in md and "fp32 matmul peak measured" in md and "b2" in md
-    rows = list(csv.DictReader((tmp_path / "res" / "speed_t.csv").open()))
+    rows = list(csv.DictReader(next((tmp_path / "res").glob("speed_t_*.csv")).open()))
     assert rows[0]["model"] == "fpn" and float(rows[0]["gflops"]) > 0
     assert 0 < float(rows[0]["peak_fraction"]) < 5
 
