@@ -21,6 +21,11 @@ each summed term by its number of active summands (sum of y for Eq. 8, 9, 13; (K
 Eq. 11-12), ``reduction="sum"`` keeps the per-image sums of the equations; both average over the
 batch. Foreground/background images are formed in [0, 1] pixel space (a masked pixel is black),
 then resized and normalised for the frozen encoder; only present (image, class) pairs are encoded.
+
+Edge inputs: every term is computed in float32 (float64 stays float64) whatever the dtype of the
+model outputs (fp16/bf16 under autocast) and of the image; a term without a single active summand
+(no present class, or a one-component label set such as ``cofw`` where Eq. 11-12 have no "other"
+text) is 0 instead of 0/0, and stays connected to the model outputs so ``backward()`` works.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from torch import nn
 
 from faceparse.errors import FaceParseError
 from faceparse.labels import LabelSet, get_label_set
+from faceparse.losses.standard import as_float32
 from faceparse.registry import LOSSES
 
 __all__ = ["TCDLoss", "tcd_terms", "component_prompt", "PAPER_WEIGHTS"]
@@ -80,27 +86,34 @@ def tcd_terms(
     """
     if reduction not in ("mean", "sum"):
         raise FaceParseError(f"reduction must be 'mean' or 'sum', got '{reduction}'")
-    y_all = labels.to(v_cls.dtype)
-    y_pair = pair_labels.to(v_cls.dtype) if pair_labels is not None else y_all
+    # one compute dtype (float32, or float64 if the class tokens are float64) for every input
+    v_cls = as_float32(v_cls)
+    dtype = v_cls.dtype
+    v_ffc = None if v_ffc is None else v_ffc.to(dtype)
+    v_bfc = None if v_bfc is None else v_bfc.to(dtype)
+    v_txt = v_txt.to(dtype)
+    y_all = labels.to(dtype)
+    y_pair = pair_labels.to(dtype) if pair_labels is not None else y_all
     b, k = y_all.shape
     off = 1.0 - torch.eye(k, device=y_all.device, dtype=y_all.dtype)
-    zero = v_cls.new_zeros(())
+    zero = v_cls.sum() * 0.0  # a 0 connected to the class tokens (backward works on every term)
+
+    def per_term(per: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        # mean: divide by the number of active summands (an integer; 0 only when per is all 0)
+        return per.sum() / (active.clamp_min(1.0) if reduction == "mean" else b)
 
     def pos(v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         s = torch.diagonal(_sims(v, v_txt), dim1=-2, dim2=-1).clamp(eps, 1 - eps)
-        per = -(y * s.log())
-        return per.sum() / (y.sum() if reduction == "mean" else b)
+        return per_term(-(y * s.log()), y.sum())
 
     def neg_other(v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         s = _sims(v, v_txt).clamp(eps, 1 - eps)
-        w = y[:, :, None] * off
-        per = -(w * (1 - s).log())
-        return per.sum() / (w.sum() if reduction == "mean" else b)
+        w = y[:, :, None] * off  # all 0 with one component (K = 1): no other text, the term is 0
+        return per_term(-(w * (1 - s).log()), w.sum())
 
     def neg_same(v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         s = torch.diagonal(_sims(v, v_txt), dim1=-2, dim2=-1).clamp(eps, 1 - eps)
-        per = -(y * (1 - s).log())
-        return per.sum() / (y.sum() if reduction == "mean" else b)
+        return per_term(-(y * (1 - s).log()), y.sum())
 
     no_cls = y_all.sum() == 0
     no_pair = y_pair.sum() == 0 or v_ffc is None
@@ -111,7 +124,7 @@ def tcd_terms(
         "neg_ffc": zero if no_pair else neg_other(v_ffc, y_pair),
         "neg_bfc": zero if no_pair or v_bfc is None else neg_same(v_bfc, y_pair),
     }
-    terms["reg"] = attn_maps.mean() if attn_maps is not None else zero  # Eq. 15 averaged over batch
+    terms["reg"] = as_float32(attn_maps).mean() if attn_maps is not None else zero  # Eq. 15 averaged over batch
     return terms
 
 
@@ -130,9 +143,12 @@ class TCDLoss(nn.Module):
     (``B x K``, set by :class:`faceparse.tasks.weakly.WeaklySupervisedTask`).
 
     Args:
-        encoder: a :class:`faceparse.models.mct_vit.text.VisionLanguageEncoder` module, ``"open_clip"`` (random
-            ViT-B/16), ``"tiny_clip"``, or a dict of ``OpenCLIPEncoder`` kwargs such as
-            ``{"model_name": "ViT-B-16", "checkpoint": "/path/flip.pt"}``.
+        encoder: a :class:`faceparse.models.mct_vit.text.VisionLanguageEncoder` module, a dict of
+            ``OpenCLIPEncoder`` kwargs such as ``{"model_name": "ViT-B-16", "checkpoint": "/path/flip.pt"}``,
+            or ``"tiny_clip"`` (a random 32-d CLIP for tests and demos). Without a checkpoint (the
+            default ``"open_clip"``, or a dict without ``checkpoint``) the encoder raises
+            :class:`~faceparse.errors.MissingWeightsError`; ``{"random_init": True}`` opts in to
+            random weights.
         label_set: label set of the model; its non-background classes are the K components.
         prompt: text template (paper: 'a photo of a face with {component}').
         weights: ``[a0, a1, b0, b1, b2, lambda]`` (paper: [1.2, 0.2, 2.1, 0.1, 0.017, 0.05]).
@@ -190,7 +206,11 @@ class TCDLoss(nn.Module):
         self, images: torch.Tensor, attn_maps: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``v_ffc``, ``v_bfc`` (``B x K x E``, Eq. 5-6) for present pairs (zeros elsewhere) and
-        the ``B x K`` mask of the pairs actually encoded."""
+        the ``B x K`` mask of the pairs actually encoded.
+
+        Computed in float32 whatever the dtype of ``images`` and ``attn_maps`` (the encoder and its
+        normalisation buffers are float32); the embeddings are float32."""
+        images, attn_maps, labels = images.float(), attn_maps.float(), labels.float()
         pixels = (images * self.in_std + self.in_mean).clamp(0, 1)
         p = F.interpolate(attn_maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
         bi, ki = labels.nonzero(as_tuple=True)
@@ -217,14 +237,14 @@ class TCDLoss(nn.Module):
                 "(build the model with projector_dim equal to the encoder's embedding size)"
             )
         labels = batch[self.labels_key] if self.labels_key in batch else batch["labels"]
-        labels = (labels > 0.5).to(outputs["vl_embed"].dtype)
+        labels = (labels > 0.5).float()
         v_txt = self.text_embeddings()
         if outputs["vl_embed"].shape[-1] != v_txt.shape[-1]:
             raise FaceParseError(
                 f"projector output size {outputs['vl_embed'].shape[-1]} != encoder embedding size "
                 f"{v_txt.shape[-1]}; set the model's projector_dim={v_txt.shape[-1]}"
             )
-        attn_maps = outputs["patch_cam"].sigmoid()  # Eq. 4
+        attn_maps = as_float32(outputs["patch_cam"]).sigmoid()  # Eq. 4, in float32
         v_ffc, v_bfc, encoded = self.component_embeddings(batch["image"], attn_maps, labels)
         terms = tcd_terms(
             outputs["vl_embed"], v_ffc, v_bfc, v_txt, labels, attn_maps, self.eps, self.reduction, encoded

@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from faceparse.errors import FaceParseError
 from faceparse.labels import IGNORE_INDEX
-from faceparse.losses.standard import logits_of
+from faceparse.losses.standard import as_float32, logits_of
 from faceparse.registry import LOSSES
 
 
@@ -144,8 +145,27 @@ class OcclusionWeightedCE(nn.Module):
         self.use_landmarks, self.use_region = use_landmarks, use_region
         self.normalize, self.aux_weight, self.ignore_index = normalize, aux_weight, ignore_index
 
+    @staticmethod
+    def check_finite(batch: dict[str, Any]) -> None:
+        """Reject NaN/inf in the geometry that builds ``o_i`` and ``p`` (Eq. 2): one bad landmark
+        would otherwise turn every weight, and so the loss and every gradient, into NaN."""
+        for key in ("landmarks", "pose", "face_box"):
+            value = batch.get(key)
+            if value is None or not torch.is_tensor(value) or not value.is_floating_point():
+                continue
+            bad = ~torch.isfinite(value)
+            if bool(bad.any()):
+                rows = sorted({int(i) for i in bad.reshape(value.shape[0], -1).any(1).nonzero().flatten()})
+                raise FaceParseError(
+                    f"occlusion_weighted_ce: batch['{key}'] holds NaN/inf values (images {rows[:8]} of the batch); "
+                    f"expected finite {'pixel coordinates' if key != 'pose' else 'angles in degrees'}. "
+                    "Drop those samples, or remove the key so that the loss does not use it"
+                )
+
     def weights(self, batch: dict[str, Any], shape: tuple[int, int, int], device=None) -> torch.Tensor:
-        """Per-pixel weights ``w_i`` (B x H x W)."""
+        """Per-pixel weights ``w_i`` (B x H x W); NaN/inf landmarks, pose or face box raise
+        :class:`~faceparse.errors.FaceParseError`."""
+        self.check_finite(batch)
         b = shape[0]
         w = torch.ones(shape, device=device)
         if self.lambda_occ:
@@ -168,10 +188,12 @@ class OcclusionWeightedCE(nn.Module):
         return w
 
     def _weighted(self, logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        logits = as_float32(logits)  # a half-precision softmax of logits ~1e4 overflows
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
         ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none")
-        valid = (target != self.ignore_index).float()
+        valid = (target != self.ignore_index).to(ce.dtype)
+        w = w.to(ce.dtype)
         num = (w * ce * valid).sum()
         den = valid.sum() if self.normalize == "valid" else (w * valid).sum()
         return num / den.clamp_min(1.0)
@@ -209,20 +231,23 @@ class LandmarkOcclusionLoss(nn.Module):
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         h, w = batch["image"].shape[-2:]
-        scale = torch.tensor([w - 1, h - 1], dtype=torch.float32, device=outputs["landmarks"].device)
-        target = batch["landmarks"].float() / scale
-        err = ((outputs["landmarks"] - target) ** 2).sum(-1).mean(-1)  # B
+        pred = as_float32(outputs["landmarks"])  # the reductions run in float32 (fp16/bf16 outputs)
+        scale = torch.tensor([max(w - 1, 1), max(h - 1, 1)], dtype=pred.dtype, device=pred.device)
+        target = batch["landmarks"].to(pred.dtype) / scale
+        err = ((pred - target) ** 2).sum(-1).mean(-1)  # B
         pose = batch.get("pose")
         if self.pose_weighting and pose is not None:
-            err = err * (1.0 + (1.0 - torch.cos(torch.deg2rad(pose.float()))).sum(-1))
+            err = err * (1.0 + (1.0 - torch.cos(torch.deg2rad(pose.to(err.dtype)))).sum(-1))
         lmk = err.mean()
         loss, parts = lmk, {"landmark": lmk.detach()}
         if batch.get("landmark_occluded") is not None:
-            occ = F.binary_cross_entropy_with_logits(outputs["occlusion_logits"], batch["landmark_occluded"].float())
+            occ_logits = as_float32(outputs["occlusion_logits"])
+            occ = F.binary_cross_entropy_with_logits(occ_logits, batch["landmark_occluded"].to(occ_logits.dtype))
             loss = loss + self.occlusion_weight * occ
             parts["occlusion"] = occ.detach()
         if pose is not None and "pose" in outputs:
-            pl_ = F.l1_loss(outputs["pose"], pose.float()) / 90.0
+            pred_pose = as_float32(outputs["pose"])
+            pl_ = F.l1_loss(pred_pose, pose.to(pred_pose.dtype)) / 90.0
             loss = loss + self.pose_weight * pl_
             parts["pose"] = pl_.detach()
         return {"loss": loss, **parts}
@@ -245,16 +270,19 @@ class DeOcclusionLoss(nn.Module):
         self.rec_weight, self.occ_weight, self.pos_weight = rec_weight, occ_weight, pos_weight
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        size = outputs["output"].shape[-2:]
-        clean = batch["clean"]
+        # the reductions run in float32 whatever the outputs' dtype (fp16/bf16 under autocast)
+        output, recon = as_float32(outputs["output"]), as_float32(outputs["reconstruction"])
+        occ_logits = as_float32(outputs["occlusion_logits"])
+        size = output.shape[-2:]
+        clean = batch["clean"].to(output.dtype)
         if clean.shape[-2:] != size:
             clean = F.interpolate(clean, size=size, mode="bilinear", align_corners=False)
-        eq1 = F.mse_loss(outputs["output"], clean)
-        rec = F.mse_loss(outputs["reconstruction"], clean)
-        occ_t = batch["occlusion"].float()[:, None]
+        eq1 = F.mse_loss(output, clean)
+        rec = F.mse_loss(recon.to(output.dtype), clean)
+        occ_t = batch["occlusion"].to(occ_logits.dtype)[:, None]
         if occ_t.shape[-2:] != size:
             occ_t = F.interpolate(occ_t, size=size, mode="nearest")
-        pos_weight = torch.tensor(self.pos_weight, device=occ_t.device)
-        occ = F.binary_cross_entropy_with_logits(outputs["occlusion_logits"], occ_t, pos_weight=pos_weight)
+        pos_weight = torch.tensor(self.pos_weight, device=occ_t.device, dtype=occ_t.dtype)
+        occ = F.binary_cross_entropy_with_logits(occ_logits, occ_t, pos_weight=pos_weight)
         loss = eq1 + self.rec_weight * rec + self.occ_weight * occ
         return {"loss": loss, "eq1": eq1.detach(), "reconstruction": rec.detach(), "occlusion": occ.detach()}

@@ -10,6 +10,8 @@ With ``q`` the predicted occlusion probability (``sigmoid`` of the mask logit) a
 
 Terms are computed per image and averaged over the batch; an image without prompts of a kind
 contributes 0 to that term. ``log q`` is clamped at ``log(eps)`` (FPR is unbounded below otherwise).
+A batch without any valid prompt gives a zero loss that is still connected to the logits (its
+``backward()`` works and gives zero gradients). Probabilities are computed in float32.
 
 Where the public code (github.com/Bh-Johnny/S3SPOT, ``train_General_Training.py``) differs from the
 paper, faceparse follows the paper: the public code labels *face* prompts positive (SAM label 1) and
@@ -88,7 +90,12 @@ class PromptLoss(nn.Module):
             terms = prompt_loss_terms(q[0], q[1], self.alpha, self.lam, self.eps)
             for k, v in terms.items():
                 parts.setdefault(k, []).append(v)
-        return {k: torch.stack(v).mean() for k, v in parts.items()}
+        out = {k: torch.stack(v).mean() for k, v in parts.items()}
+        if not out["loss"].requires_grad and prob.requires_grad:
+            # no valid prompt anywhere: every term is a constant 0; tie it to the logits so that
+            # backward() works (zero gradients) instead of raising
+            out["loss"] = out["loss"] + prob.sum() * 0.0
+        return out
 
 
 __all__ = ["PromptLoss", "prompt_loss_terms", "occlusion_logit_of"]

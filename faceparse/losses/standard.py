@@ -1,4 +1,10 @@
-"""Standard segmentation losses: cross-entropy, softmax Dice, and SegFace's 0.5 CE + 0.5 Dice."""
+"""Standard segmentation losses: cross-entropy, softmax Dice, and SegFace's 0.5 CE + 0.5 Dice.
+
+Every loss here computes in float32 whatever the logits' dtype (fp16/bf16 logits of magnitude 1e4
+would overflow a half-precision softmax) and is finite on batches without a single valid pixel
+(all ``ignore_index``, e.g. COFW's train split): it returns a zero that is still connected to the
+logits, so ``backward()`` works and gives zero gradients.
+"""
 
 from __future__ import annotations
 
@@ -17,17 +23,44 @@ def logits_of(outputs: torch.Tensor | dict[str, Any]) -> torch.Tensor:
     return outputs["logits"] if isinstance(outputs, dict) else outputs
 
 
+def as_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 (reductions of fp16/bf16 inputs overflow or lose precision); float64 stays."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Mean pixel-wise cross-entropy over the valid pixels, as ``nn.CrossEntropyLoss`` computes it
+    (with class weights: divided by the summed weights of the valid pixels' classes), in float32,
+    and 0 (with a ``grad_fn``) instead of 0/0 = NaN when no pixel is valid."""
+    x = as_float32(logits)
+    w = None if weight is None else weight.to(x.device, x.dtype)
+    total = F.cross_entropy(x, target, weight=w, ignore_index=ignore_index, reduction="sum")
+    valid = target != ignore_index
+    if w is None:
+        den = valid.sum().to(x.dtype)
+    else:
+        den = w[target.clamp(0, w.numel() - 1)][valid].sum()
+    return total / torch.where(den > 0, den, torch.ones_like(den))
+
+
 @LOSSES.register("ce")
 class CrossEntropyLoss(nn.Module):
-    """Pixel-wise cross-entropy with ignore index 255 (``torch.nn.CrossEntropyLoss``)."""
+    """Pixel-wise cross-entropy with ignore index 255 (``torch.nn.CrossEntropyLoss``'s mean), in
+    float32 and 0 on an all-ignore batch (see :func:`cross_entropy`)."""
 
     def __init__(self, ignore_index: int = IGNORE_INDEX, class_weights: list[float] | None = None) -> None:
         super().__init__()
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        # kept as the holder of the weight buffer (state-dict key ``ce.weight`` of older checkpoints)
         self.ce = nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
 
     def forward(self, outputs: torch.Tensor | dict, batch: dict) -> torch.Tensor:
-        return self.ce(logits_of(outputs), batch["mask"])
+        return cross_entropy(logits_of(outputs), batch["mask"], self.ce.weight, self.ce.ignore_index)
 
 
 @LOSSES.register("dice")
@@ -41,7 +74,8 @@ class DiceLoss(nn.Module):
         self.dice = SMPDice(mode="multiclass", from_logits=True, ignore_index=ignore_index, smooth=smooth)
 
     def forward(self, outputs: torch.Tensor | dict, batch: dict) -> torch.Tensor:
-        return self.dice(logits_of(outputs), batch["mask"])
+        # float32: smp's log_softmax(...).exp() of fp16 logits of magnitude 1e4 is inf - inf = NaN
+        return self.dice(as_float32(logits_of(outputs)), batch["mask"])
 
 
 @LOSSES.register("ce_dice")

@@ -108,7 +108,7 @@ def test_prompts():
 @pytest.fixture(scope="module")
 def tiny_encoder():
     torch.manual_seed(0)
-    return OpenCLIPEncoder(model_cfg=TINY_CLIP_CONFIG)
+    return OpenCLIPEncoder(model_cfg=TINY_CLIP_CONFIG, random_init=True)
 
 
 def test_open_clip_encoder_protocol(tiny_encoder, tmp_path):

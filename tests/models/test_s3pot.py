@@ -112,7 +112,8 @@ def test_registered_names():
     assert meta["input_size"] == 1024
     assert faceparse.get_label_set(meta["label_set"]).classes == ("background", "occlusion")
     assert faceparse.model_info("s3pot_vit_b")["parameters"] == SAM_COUNTS["vit_b"] + SCREENING
-    tiny_h = faceparse.build_model("s3pot_vit_h", **meta["tiny"])  # cheap build of any variant
+    # cheap build of any variant (random SAM: random_init=True, a SAM variant otherwise needs its checkpoint)
+    tiny_h = faceparse.build_model("s3pot_vit_h", **{**meta["tiny"], "random_init": True})
     assert tiny_h.token_grid == (16, 16) and tiny_h.encoder_name == "vit_h"
 
 

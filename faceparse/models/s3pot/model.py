@@ -225,7 +225,14 @@ class S3POT(FaceParsingModel):
         encoder: SAM image encoder: ``vit_b``, ``vit_l``, ``vit_h`` or ``tiny`` (random, for tests).
         checkpoint: a local official SAM checkpoint (``sam_vit_b_01ec64.pth``...) loaded into the
             frozen SAM. Never downloaded; not stored in config.json (``save_pretrained`` stores the
-            weights themselves).
+            weights themselves). Required for the SAM variants (``vit_b``/``vit_l``/``vit_h``): a
+            random frozen SAM trains a screening layer on noise, so without it the constructor
+            raises :class:`~faceparse.errors.MissingWeightsError` naming the file to pass.
+        random_init: keep the frozen SAM random when no ``checkpoint`` is given (tests, demos,
+            speed benchmarks). Default False, except for ``encoder="tiny"``, which has no published
+            weights and is random by definition (None = that default). Builds on the ``meta``
+            device (parameter counting, e.g. :func:`faceparse.model_info`) allocate no values and
+            need neither.
         screening_heads: heads of the screening layer (paper: 4).
         face_classes: label names of the face region ``M_f`` (paper Sec. 3.3 set ``F``); used by
             :meth:`face_region` to turn a parsing map into ``face_mask``.
@@ -252,6 +259,7 @@ class S3POT(FaceParsingModel):
         decoder_mlp_dim: int | None = None,
         decoder_depth: int | None = None,
         label_set: str | LabelSet | None = None,
+        random_init: bool | None = None,
     ) -> None:
         super().__init__()
         if encoder not in SAM_VARIANTS:
@@ -276,6 +284,18 @@ class S3POT(FaceParsingModel):
         self.sam_config = cfg
         self.encoder_name = encoder
         self.default_input_size = int(cfg["image_size"])
+        if random_init is None:
+            random_init = encoder == "tiny"  # no published weights exist for the tiny test variant
+        if checkpoint is None and not random_init and torch.empty(0).device.type != "meta":
+            files = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
+            file = files.get(encoder, f"the SAM {encoder} checkpoint")
+            raise MissingWeightsError(
+                f"S3POT '{encoder}' needs the frozen SAM weights and no checkpoint was given: pass "
+                f"checkpoint='<local path of {file}>', the official segment-anything checkpoint file (never "
+                f"downloaded), e.g. build_model('s3pot_{encoder}', checkpoint='weights/{file}') or "
+                "--model.init_args.model_kwargs.checkpoint in a config. A random frozen SAM trains the screening "
+                "layer on noise; pass random_init=True only for tests, demos or speed measurements"
+            )
         self.sam = _build_sam(cfg)
         if checkpoint is not None:
             self.load_sam_checkpoint(checkpoint)
@@ -311,6 +331,14 @@ class S3POT(FaceParsingModel):
                 f"SAM checkpoint '{path}' does not fit the '{self.encoder_name}' encoder "
                 f"(pick the S3POT variant matching the file): {str(exc)[:300]}"
             ) from exc
+
+    def get_config(self) -> dict[str, Any]:
+        """As :meth:`FaceParsingModel.get_config`, with ``random_init=True``: ``checkpoint`` is never
+        saved, and ``load_model`` fills the SAM from ``model.safetensors`` right after building it,
+        so the rebuild must not ask for the SAM checkpoint file again."""
+        config = super().get_config()
+        config["kwargs"]["random_init"] = True
+        return config
 
     def train(self, mode: bool = True) -> S3POT:
         super().train(mode)
