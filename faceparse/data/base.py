@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD, FaceTransform, build_transforms
 from faceparse.labels import LabelSet
 
 _TENSOR_DTYPES = {
@@ -80,7 +81,12 @@ class FaceDataset(Dataset):
     def load_raw(self, index: int) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        """Sample ``index``; ``(index, seed)`` (from :class:`~faceparse.data.datamodule.SeededSampler`)
+        also fixes the random augmentation of this draw."""
+        seed = None
+        if isinstance(index, tuple):
+            index, seed = index
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
@@ -90,7 +96,13 @@ class FaceDataset(Dataset):
         meta.setdefault("index", index)
         meta.setdefault("orig_size", tuple(int(s) for s in raw["image"].shape[:2]))
         raw["meta"] = meta
-        return to_tensor_sample(self.transform(raw))
+        transform = self.transform
+        if seed is not None and isinstance(transform, FaceTransform):
+            return to_tensor_sample(transform(raw, seed=seed))
+        if seed is not None:  # a user transform: seed the global generators it may draw from
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+        return to_tensor_sample(transform(raw))
 
     @staticmethod
     def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:

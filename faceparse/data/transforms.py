@@ -3,11 +3,18 @@
 A plain horizontal flip turns a left eye into a right eye: ``FaceFlip`` mirrors the image, maps
 every label through the LabelSet's left/right lookup table and reorders mirrored landmarks, so
 flipping twice is the identity.
+
+Randomness: one call of :class:`FaceTransform` draws everything (flip, affine, colour jitter)
+from a single ``numpy`` generator. With ``seed=`` it is ``default_rng(seed)``, so a sample's
+augmentation depends only on that seed (the data module passes one per sample and epoch, see
+:class:`faceparse.data.datamodule.SeededSampler`); without it the seed is drawn from numpy's
+global generator, which ``seed_everything`` and :func:`faceparse.runtime.worker_init` seed.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +73,8 @@ class FaceFlip:
         self.p = p
 
     def __call__(self, sample: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
-        r = (rng or np.random.default_rng()).random()
+        """Flip when ``rng.random() < p``; ``rng`` defaults to numpy's global generator (seedable)."""
+        r = rng.random() if rng is not None else np.random.random()
         return flip_sample(sample, self.lut, self.landmark_flip) if r < self.p else sample
 
 
@@ -77,13 +85,27 @@ class FaceTransform:
     (nearest), ``landmarks`` and the corners of ``face_box`` together with the image.
     """
 
+    # Transforms that draw nothing at random: an eval pipeline of only these never touches numpy's
+    # global generator (prediction does not shift a user's random stream).
+    _DETERMINISTIC = ("Resize", "Normalize", "PadIfNeeded", "LongestMaxSize", "SmallestMaxSize", "CenterCrop")
+
     def __init__(self, pipeline: A.Compose, flip: FaceFlip | None = None) -> None:
         self.pipeline = pipeline
         self.flip = flip
+        self.random = flip is not None or any(
+            type(t).__name__ not in self._DETERMINISTIC for t in getattr(pipeline, "transforms", [])
+        )
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, sample: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
+        """Transform a raw sample; ``seed`` fixes its random draws (default: from numpy's global generator)."""
+        if seed is None and self.random:
+            seed = int(np.random.randint(0, 2**32, dtype=np.uint64))
+        rng = np.random.default_rng(seed if seed is not None else 0)
+        # albumentations 2 draws from the generators of the Compose (set_random_state hands them to
+        # every transform): the same seed gives the same affine and colour jitter.
+        self.pipeline.set_random_state(rng, random.Random(int(rng.integers(2**63))))
         if self.flip is not None:
-            sample = self.flip(sample)
+            sample = self.flip(sample, rng)
         image = sample["image"]
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
+from torch import nn
+from torchmetrics import MeanMetric
 
 from faceparse.losses.maskfpan import LandmarkOcclusionLoss
 from faceparse.models.maskfpan.landmarks import LandmarkOcclusionNet
 from faceparse.models.maskfpan.pose import add_pose_targets
+from faceparse.tasks.base import BaseTask
 
 
-class LandmarkOcclusionTask(pl.LightningModule):
+class LandmarkOcclusionTask(BaseTask):
     """Lightning module training the LOM (+ PPM) on a dataset with landmarks and occlusion flags.
 
     Pose targets come from the 5-point landmarks by solvePnP when the batch has no ``pose``
     (other schemes train without the pose term). Logs landmark NME (normalised by the image
-    diagonal) and occlusion-flag accuracy on validation.
+    diagonal) and occlusion-flag accuracy on validation, averaged over the epoch's samples.
+
+    Optimiser: ``optimizer`` (AdamW), ``lr``, ``weight_decay``; no schedule (``scheduler="none"``).
     """
+
+    schedulers = ("none",)
 
     def __init__(
         self,
@@ -28,11 +35,14 @@ class LandmarkOcclusionTask(pl.LightningModule):
         loss_kwargs: dict | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
+        optimizer: str = "adamw",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
         self.model = LandmarkOcclusionNet(num_landmarks=num_landmarks, **(model_kwargs or {}))
         self.loss = LandmarkOcclusionLoss(**(loss_kwargs or {}))
+        self.val_nme = MeanMetric()
+        self.val_occ_acc = MeanMetric()
+        self._occ_seen = False
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.model(x)
@@ -46,11 +56,20 @@ class LandmarkOcclusionTask(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         pred = self.model.predict(batch["image"])
         h, w = batch["image"].shape[-2:]
-        nme = (pred["landmarks"] - batch["landmarks"]).norm(dim=-1).mean() / float(np.hypot(h, w))
-        metrics = {"val/nme": nme}
+        bs = len(batch["image"])
+        self.val_nme.update((pred["landmarks"] - batch["landmarks"]).norm(dim=-1).mean() / float(np.hypot(h, w)), bs)
         if batch.get("landmark_occluded") is not None:
-            metrics["val/occ_acc"] = (pred["landmark_occluded"] == batch["landmark_occluded"]).float().mean()
-        self.log_dict(metrics, prog_bar=True, batch_size=len(batch["image"]))
+            self.val_occ_acc.update((pred["landmark_occluded"] == batch["landmark_occluded"]).float().mean(), bs)
+            self._occ_seen = True
 
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def on_validation_epoch_end(self) -> None:
+        result = {"nme": self.val_nme.compute()}
+        if self._occ_seen:
+            result["occ_acc"] = self.val_occ_acc.compute()
+        self.log_results("val", result, prog_bar="nme")
+        self.val_nme.reset()
+        self.val_occ_acc.reset()
+        self._occ_seen = False
+
+    def optimizer_parameters(self) -> Iterable[nn.Parameter]:
+        return self.parameters()  # the model and any learnable loss weights

@@ -17,13 +17,11 @@ reference source of the task), ``face_mask`` (else the face classes of ``mask``)
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
@@ -32,6 +30,7 @@ from faceparse.labels import LabelSet, get_label_set
 from faceparse.losses.s3pot import PromptLoss
 from faceparse.metrics import OcclusionIoU
 from faceparse.registry import MODELS
+from faceparse.tasks.base import BaseTask
 
 
 def per_image_overfit(
@@ -89,7 +88,7 @@ def per_image_overfit(
     return torch.cat(outs, dim=0), mean_curve
 
 
-class OcclusionPromptTask(pl.LightningModule):
+class OcclusionPromptTask(BaseTask):
     """Lightning task for S3POT (standard training, evaluation, per-image overfitting, prediction).
 
     Args:
@@ -98,12 +97,15 @@ class OcclusionPromptTask(pl.LightningModule):
         label_set: label set of the data's parsing ``mask`` (to find the face region ``M_f``).
         alpha, lam: Eq. 3 / Eq. 4 hyper-parameters (paper: 10, 0.5).
         lr, weight_decay: AdamW (paper: lr 1e-4; weight decay 1e-6 as in the public code).
+        optimizer: ``adamw``, ``adam`` or ``sgd`` (see :mod:`faceparse.tasks.base`).
         scheduler: ``cosine`` (per epoch over ``trainer.max_epochs``, paper) or ``none``.
         reference: where references come from when a batch has no ``reference``: ``inpaint``
             (OpenCV fallback on the parsing regions) or a folder (:class:`FolderReferences`).
         per_image_steps: > 0 switches ``test``/``predict`` to per-image overfitting with that many
             steps per image at ``per_image_lr``.
     """
+
+    scheduler_interval = "epoch"  # paper: cosine over the epochs
 
     def __init__(
         self,
@@ -118,9 +120,9 @@ class OcclusionPromptTask(pl.LightningModule):
         reference: str = "inpaint",
         per_image_steps: int = 0,
         per_image_lr: float = 1e-4,
+        optimizer: str = "adamw",
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        super().__init__(ignore=["model"] if isinstance(model, nn.Module) else None)
         if isinstance(model, nn.Module):
             self.model = model
         else:
@@ -128,8 +130,6 @@ class OcclusionPromptTask(pl.LightningModule):
             self.model.registry_name = model
         if not hasattr(self.model, "prepare") or not hasattr(self.model, "screening"):
             raise FaceParseError(f"OcclusionPromptTask needs an S3POT model, got {type(self.model).__name__}")
-        if scheduler not in ("cosine", "none"):
-            raise FaceParseError(f"scheduler must be 'cosine' or 'none', got {scheduler!r}")
         self.label_set = get_label_set(label_set)
         self.loss = PromptLoss(alpha=alpha, lam=lam)
         self.val_iou = OcclusionIoU()
@@ -175,10 +175,8 @@ class OcclusionPromptTask(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         x, ref, regions = self.inputs_of(batch)
         parts = self.loss(self.model.forward_train(x, ref, regions), batch)
-        bs = x.shape[0]
-        self.log("train/loss", parts["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
-        for k in ("recall_occ", "recall_face", "face_penalty"):
-            self.log(f"train/{k}", parts[k], on_step=False, on_epoch=True, batch_size=bs)
+        named = {k: parts[k] for k in ("recall_occ", "recall_face", "face_penalty")}
+        self.log_losses(parts["loss"], named, x.shape[0])
         return parts["loss"]
 
     def _eval(self, batch: dict[str, Any], metric: OcclusionIoU, prefix: str, per_image: bool) -> torch.Tensor:
@@ -201,7 +199,7 @@ class OcclusionPromptTask(pl.LightningModule):
         self._eval(batch, self.val_iou, "val", per_image=False)
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/occlusion_iou", self.val_iou.compute(), prog_bar=True)
+        self.log_results("val", {"occlusion_iou": self.val_iou.compute()}, prog_bar="occlusion_iou")
         self.val_iou.reset()
 
     def on_test_epoch_start(self) -> None:
@@ -211,7 +209,7 @@ class OcclusionPromptTask(pl.LightningModule):
         self._eval(batch, self.test_iou, "test", per_image=self.hparams.per_image_steps > 0)
 
     def on_test_epoch_end(self) -> None:
-        self.log("test/occlusion_iou", self.test_iou.compute())
+        self.log_results("test", {"occlusion_iou": self.test_iou.compute()})
         self.test_iou.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -225,17 +223,8 @@ class OcclusionPromptTask(pl.LightningModule):
             logits = self.model(x, ref, regions)
         return logits.argmax(1).to(torch.uint8)
 
-    def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        params = [p for p in self.model.parameters() if p.requires_grad]  # the screening layer
-        opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        if hp.scheduler == "none":
-            return opt
-        epochs = max(1, int(getattr(self.trainer, "max_epochs", None) or 1))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda e: 0.5 * (1 + math.cos(math.pi * min(e, epochs) / epochs))
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+    def optimizer_parameters(self) -> Iterable[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]  # the screening layer
 
 
 # --------------------------------------------------------------------------- prediction

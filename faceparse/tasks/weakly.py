@@ -14,10 +14,8 @@ set, or over its K foreground classes) for datasets without masks.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,7 +23,7 @@ from torch import nn
 from faceparse.errors import FaceParseError
 from faceparse.labels import LabelSet, get_label_set
 from faceparse.metrics import FaceParsingMetrics
-from faceparse.tasks.supervised import build_task_model
+from faceparse.tasks.base import BaseTask, build_task_model
 
 __all__ = ["WeaklySupervisedTask", "foreground_labels"]
 
@@ -53,7 +51,7 @@ def foreground_labels(batch: dict[str, Any], label_set: LabelSet, source: str = 
     )
 
 
-class WeaklySupervisedTask(pl.LightningModule):
+class WeaklySupervisedTask(BaseTask):
     """Stage 1 of weakly supervised face parsing (DisFaceRep / MCTformer+).
 
     Args:
@@ -66,6 +64,7 @@ class WeaklySupervisedTask(pl.LightningModule):
         tcd_weight: weight of the TCD total (Eq. 16 already carries the paper's weights).
         cls_weight, patch_weight: weights of the class-token and patch-score classification losses.
         lr, weight_decay: AdamW (DisFaceRep: lr 5e-6, batch 36 from ImageNet DeiT-S weights).
+        optimizer: ``adamw``, ``adam`` or ``sgd`` (see :mod:`faceparse.tasks.base`).
         scheduler: ``cosine`` (per step with ``warmup_steps``) or ``none``.
         theta: pseudo-mask threshold used for the validation F1 (0.5).
         refine: patch-to-patch affinity refinement of the validation FCAMs (MCTformer+ uses it with
@@ -89,9 +88,9 @@ class WeaklySupervisedTask(pl.LightningModule):
         theta: float = 0.5,
         refine: bool = True,
         label_source: str = "auto",
+        optimizer: str = "adamw",
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        super().__init__(ignore=["model"] if isinstance(model, nn.Module) else None)
         self.label_set = get_label_set(label_set)
         self.model = build_task_model(model, self.label_set, model_kwargs)
         if not hasattr(self.model, "classify"):
@@ -104,7 +103,6 @@ class WeaklySupervisedTask(pl.LightningModule):
             kw.update(tcd)
             self.tcd = TCDLoss(**kw)
         self.val_metrics = FaceParsingMetrics(self.label_set)
-        self.last_results: dict[str, dict[str, float | torch.Tensor]] = {}  # scalars as floats
         self._val_seen = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,10 +127,7 @@ class WeaklySupervisedTask(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, parts = self._losses(batch)
-        bs = batch["image"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
-        for k, v in parts.items():
-            self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=bs)
+        self.log_losses(loss, parts, batch["image"].shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -154,23 +149,4 @@ class WeaklySupervisedTask(pl.LightningModule):
         self._val_seen = False
         result = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.last_results["val"] = {k: float(v) if v.ndim == 0 else v.detach().cpu() for k, v in result.items()}
-        self.log("val/pseudo_mean_f1", result["mean_f1"], prog_bar=True)
-
-    def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        opt = torch.optim.AdamW(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        if hp.scheduler == "none":
-            return opt
-        if hp.scheduler != "cosine":
-            raise FaceParseError(f"scheduler must be 'cosine' or 'none', got {hp.scheduler!r}")
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = hp.warmup_steps
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        self.log_results("val", result, log={"mean_f1": "pseudo_mean_f1"}, prog_bar="pseudo_mean_f1")
