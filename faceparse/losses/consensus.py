@@ -149,6 +149,12 @@ def compute_blobs(
     return BlobIndex(pixel, blob, blob_label, blob_image, m)
 
 
+def _connected_zero(logits: torch.Tensor) -> torch.Tensor:
+    """A float32 0 with a ``grad_fn`` (a batch without any blob: all pixels ignored). Multiplied
+    before the sum: ``logits.sum() * 0`` is NaN when fp16 logits of magnitude 1e4 sum past 65504."""
+    return (logits.float() * 0.0).sum()
+
+
 def consensus_loss_terms(
     logits: torch.Tensor, index: BlobIndex, stable: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -223,7 +229,7 @@ def consensus_loss(
     if index is None:
         index = compute_blobs(target, k, blobs, blob_ids, connectivity, ignore_index)
     if index.num_blobs == 0:
-        zero = logits.sum() * 0.0
+        zero = _connected_zero(logits)
         return {"loss": zero, "label_term": zero.detach(), "consensus_term": zero.detach()}
     label_term, consensus_term, _ = consensus_loss_terms(logits, index)
     per_blob = alpha * label_term + beta * consensus_term
@@ -274,7 +280,7 @@ def _official(
     ids_global = g[pixel]
     n_ids = int(ids_global.max()) + 1 if ids_global.numel() else 0
     if n_ids == 0:
-        zero = logits.sum() * 0.0
+        zero = _connected_zero(logits)
         return {"loss": zero, "label_term": zero.detach(), "consensus_term": zero.detach()}
     key = ids_global * b + img
     present = torch.bincount(key, minlength=n_ids * b) > 0

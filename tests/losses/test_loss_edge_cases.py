@@ -79,6 +79,17 @@ def test_occlusion_weighted_ce_rejects_non_finite_geometry(key, bad):
         faceparse.build_loss("occlusion_weighted_ce")(_leaf(b, 2, h, w), batch)
 
 
+@pytest.mark.parametrize("normalization", ["paper", "official"])
+def test_consensus_all_ignore_huge_fp16_logits_is_a_float32_zero(normalization):
+    """No blob at all: the zero was ``logits.sum() * 0``, NaN once fp16 logits sum past 65504."""
+    logits = (torch.ones(1, 3, 64, 64) * 3e4).half().requires_grad_()
+    loss_fn = faceparse.build_loss("consensus", normalization=normalization)
+    out = loss_fn(logits, {"mask": torch.full((1, 64, 64), 255)})
+    assert out["loss"].item() == 0.0 and out["loss"].dtype == torch.float32
+    out["loss"].backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
 def test_consensus_empty_and_gapped_blobs():
     logits = _leaf(1, 3, 4, 4)
     mask = torch.full((1, 4, 4), 255)
