@@ -96,7 +96,7 @@ def tcd_terms(
     y_pair = pair_labels.to(dtype) if pair_labels is not None else y_all
     b, k = y_all.shape
     off = 1.0 - torch.eye(k, device=y_all.device, dtype=y_all.dtype)
-    zero = v_cls.sum() * 0.0  # a 0 connected to the class tokens (backward works on every term)
+    zero = (v_cls * 0.0).sum()  # a 0 connected to the class tokens (backward works on every term)
 
     def per_term(per: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         # mean: divide by the number of active summands (an integer; 0 only when per is all 0)
