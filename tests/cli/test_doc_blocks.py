@@ -306,7 +306,8 @@ def check_shell_statically(block: Block) -> None:
                         assert (CONFIG_DIR / f"{cfg}.yaml").is_file(), f"{block.id}: no packaged config '{cfg}'"
                 continue
             sub, used = _subcommand_parser(parser, argv[1:])
-            assert used and not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions), (
+            # a command may also take optional methods (`evaluate` and `evaluate consensus`)
+            assert used and not any(isinstance(a, argparse._SubParsersAction) and a.required for a in sub._actions), (
                 f"{block.id}: '{' '.join(argv[: used + 2])}' is not a faceparse command"
             )
             known = {s for a in sub._actions for s in a.option_strings}
