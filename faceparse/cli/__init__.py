@@ -102,7 +102,7 @@ def resolve_command(argv: Sequence[str]) -> tuple[str, list[str]]:
         methods = ", ".join(fams[verb])
         got = f"unknown method '{rest[0]}'" if rest and not rest[0].startswith("-") else "a method is required"
         if rest and rest[0] in ("-h", "--help"):
-            raise UsageError(f"'faceparse {verb}' takes a method: {methods} (e.g. faceparse {verb} {fams[verb][0]} -h)")
+            _top_parser().parse_args([verb, "--help"])  # the family's methods with their help; exits 0
         raise UsageError(f"faceparse {verb}: {got}; methods: {methods}")
     import difflib
 

@@ -30,6 +30,7 @@ def evaluate(cfg) -> None:
 
     Example: faceparse evaluate --model runs/celeb_model --dataset lapa --root /data/LaPa --split test;
     the synthetic dataset needs no root (faceparse evaluate --model runs/model --dataset synthetic --split val).
+    The consensus paper's protocols (COFW, Part Labels): faceparse evaluate consensus --help.
     """
     import inspect
 

@@ -52,6 +52,18 @@ def test_argument_errors(capsys, argv, names):
         assert name in last, last
 
 
+def test_help_lists_commands_and_methods(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(word in out for word in ("fit", "predict", "evaluate", "convert", "pseudo-labels", "bench", "list"))
+    assert main(["convert", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "segface" in out and "consensus" in out
+    assert main(["evaluate", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--model" in out and "--dataset" in out and "evaluate consensus" in out
+
+
 def test_out_dir_that_is_a_file(tmp_path, capsys):
     blocker = tmp_path / "taken"
     blocker.write_text("a file")
