@@ -29,6 +29,24 @@ def resolve_config(value: str) -> str:
     raise FaceParseError(f"config '{value}' is neither a file nor a packaged config (packaged: {known})")
 
 
+# Keys of the tasks' and data modules' init_args that must be positive: checked after parsing and
+# before anything is built, so a wrong value is named with its key instead of failing deep in torch.
+POSITIVE_KEYS = {"model": ("lr",), "data": ("batch_size", "image_size")}
+
+
+def check_config_numbers(config) -> None:
+    """Raise a FaceParseError naming ``section.init_args.key`` when a value of :data:`POSITIVE_KEYS` is <= 0."""
+    for section, keys in POSITIVE_KEYS.items():
+        init_args = config.get(f"{section}.init_args") if hasattr(config, "get") else None
+        if init_args is None:
+            continue
+        for key in keys:
+            value = init_args.get(key) if hasattr(init_args, "get") else None
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0 for v in values):
+                raise FaceParseError(f"{section}.init_args.{key} must be > 0, got {value}")
+
+
 def run_lightning(argv: list[str], exit_on_error: bool = True) -> None:
     """Run LightningCLI with faceparse's tasks and data modules (class paths in the config).
 
@@ -47,10 +65,15 @@ def run_lightning(argv: list[str], exit_on_error: bool = True) -> None:
             argv[i + 1] = resolve_config(argv[i + 1])
         elif arg.startswith("--config="):
             argv[i] = "--config=" + resolve_config(arg.split("=", 1)[1])
+
+    class FaceParseCLI(LightningCLI):
+        def before_instantiate_classes(self) -> None:
+            check_config_numbers(self.config[self.subcommand] if self.subcommand else self.config)
+
     saved_argv = sys.argv
     sys.argv = sys.argv[:1]  # the arguments arrive through args=; LightningCLI warns when both are set
     try:
-        LightningCLI(
+        FaceParseCLI(
             pl.LightningModule,
             FaceParsingDataModule,
             subclass_mode_model=True,

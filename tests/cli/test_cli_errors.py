@@ -117,6 +117,29 @@ def test_unknown_names_in_a_fit_config(tmp_path, capsys, key, value, message):
     assert str(cfg) in last and message in last, last
 
 
+@pytest.mark.parametrize(
+    "section, key, value", [("model", "lr", -0.1), ("data", "batch_size", 0), ("data", "image_size", -32)]
+)
+def test_non_positive_numbers_in_a_fit_config(tmp_path, capsys, section, key, value):
+    args = {
+        "model": {"model": "unet", "lr": 1e-3},
+        "data": {"dataset": "synthetic", "batch_size": 2, "image_size": 32},
+    }
+    args[section][key] = value
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "trainer": {"max_epochs": 1, "logger": False},
+                "model": {"class_path": "faceparse.tasks.SegmentationTask", "init_args": args["model"]},
+                "data": {"class_path": "faceparse.data.FaceParsingDataModule", "init_args": args["data"]},
+            }
+        )
+    )
+    last = _run(capsys, ["fit", "--config", str(cfg)])
+    assert f"{section}.init_args.{key} must be > 0, got {value}" in last and str(cfg) in last
+
+
 def test_wrong_key_in_a_fit_config_is_named(tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("model:\n  class_path: faceparse.tasks.SegmentationTask\n  init_args:\n    modle: unet\n")
