@@ -19,6 +19,15 @@ from faceparse.data.datamodule import SeededSampler, sample_seed
 from faceparse.tasks import SegmentationTask
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: identical results either way, and far faster on a shared, busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _datamodule(num_workers: int = 0, seed: int | None = None) -> FaceParsingDataModule:
     return FaceParsingDataModule(
         dataset="synthetic",
