@@ -77,6 +77,17 @@ def predict(cfg) -> int:
         for path in paths:
             print(f"wrote {path}")
         return 0
+    s3pot_only = {
+        "--references": cfg.references,
+        "--face-masks": cfg.face_masks,
+        "--per-image-steps": cfg.per_image_steps,
+    }
+    for option, value in s3pot_only.items():
+        if value:
+            raise FaceParseError(
+                f"{option} applies to S3POT occlusion masks, but '{cfg.model}' is not an S3POT model folder "
+                "(pass --occlusion to force it)"
+            )
     from faceparse.inference import predict_files
 
     def show(path: str, result: object) -> None:

@@ -63,6 +63,24 @@ def test_predict_skip_faceless_and_truncated_png_is_quiet(tmp_path, model_dir):
     assert not list(tmp_path.glob("*_labels.png"))  # skipped: the noise image has no face
 
 
+def test_predict_routes_s3pot_folders_to_occlusion_masks(tmp_path, model_dir, capsys):
+    import json
+
+    from faceparse.cli.predict import is_s3pot_folder
+
+    assert not is_s3pot_folder(model_dir) and not is_s3pot_folder(tmp_path / "nothing")
+    fake = tmp_path / "s3pot"
+    fake.mkdir()
+    (fake / "config.json").write_text(json.dumps({"class": "faceparse.models.s3pot.model.S3POT"}))
+    assert is_s3pot_folder(fake)
+    img = _write_image(tmp_path / "a.png")
+    assert main(["predict", str(img), "--model", str(model_dir), "--references", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "--references" in err and "not an S3POT model" in err
+    assert main(["s3pot", "predict", str(model_dir), str(img)]) == 2  # one way to predict: faceparse predict
+    assert "unknown command 's3pot'" in capsys.readouterr().err
+
+
 def test_list_and_unknown_names(capsys):
     assert main(["list", "models", "unet"]) == 0
     assert capsys.readouterr().out.strip().startswith("unet")
