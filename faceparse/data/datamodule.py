@@ -71,6 +71,11 @@ class SeededSampler(StatefulDistributedSampler):
         super().load_state_dict(state_dict)
         self.epoch = int(state_dict.get("epoch", self.epoch))
         self.seed = int(state_dict.get("seed", self.seed))
+        if self.next_yielded is not None and self.next_yielded >= self.num_samples:
+            # Saved after the last batch of an epoch: Lightning resumes with the next epoch, and
+            # creates the loader's iterator before it calls set_epoch, so start that epoch here.
+            self.epoch += 1
+            self.next_yielded = 0
 
 
 class FaceParsingDataModule(pl.LightningDataModule):
