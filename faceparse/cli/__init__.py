@@ -192,7 +192,11 @@ def _error_message(exc: BaseException) -> str | None:
 
 def _argument_message(text: str) -> str:
     """jsonargparse's 'Parser key "batch_size":\n  Not of type PositiveInt: 0 does not conform to restriction v>0'
-    as '--batch-size must be > 0, got 0' (the option as typed, one line)."""
+    as '--batch-size must be > 0, got 0' (the option as typed, one line).
+
+    Hand-written: jsonargparse has no option for one-line messages; its text is multi-line (type
+    reprs, union members) and names the key, not the option the user typed.
+    """
     m = re.match(r'Parser key "([\w.]+)":\s*(.*)', text, flags=re.S)
     if not m:
         return " ".join(text.split())
