@@ -600,7 +600,7 @@ _S3POT_CFG = ModelCfg(
     label_set="occlusion",
     exportable=False,
     not_exportable_reason=_NOT_EXPORTABLE,
-    tiny=_TINY,
+    tiny={**_TINY, "random_init": True},  # a tiny random SAM: no checkpoint needed
     tiny_input_size=64,
     num_classes=2,
 )
