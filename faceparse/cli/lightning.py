@@ -6,7 +6,7 @@ Lightning and the tasks are imported only when one of these commands runs.
 
 from __future__ import annotations
 
-import sys
+import warnings
 from pathlib import Path
 
 from faceparse.errors import FaceParseError
@@ -70,9 +70,10 @@ def run_lightning(argv: list[str], exit_on_error: bool = True) -> None:
         def before_instantiate_classes(self) -> None:
             check_config_numbers(self.config[self.subcommand] if self.subcommand else self.config)
 
-    saved_argv = sys.argv
-    sys.argv = sys.argv[:1]  # the arguments arrive through args=; LightningCLI warns when both are set
-    try:
+    # The arguments arrive through args=. sys.argv stays as it is: Lightning's DDP launcher starts the
+    # other ranks by re-running sys.argv. Only LightningCLI's warning about seeing both is silenced.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*args.*command line.*")
         FaceParseCLI(
             pl.LightningModule,
             FaceParsingDataModule,
@@ -88,5 +89,3 @@ def run_lightning(argv: list[str], exit_on_error: bool = True) -> None:
                 **{name: {"exit_on_error": exit_on_error} for name in LIGHTNING_SUBCOMMANDS},
             },
         )
-    finally:
-        sys.argv = saved_argv
