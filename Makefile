@@ -8,11 +8,11 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 # Installs the package (editable) with its dependencies unless they are already importable.
 install:
-	@$(PYTHON) -c "import importlib.metadata as m; m.version('faceparse'); import torch, torchvision, timm, segmentation_models_pytorch, albumentations, pytorch_lightning, torchmetrics, safetensors, cv2, jsonargparse, h5py, skimage" 2>/dev/null \
+	@$(PYTHON) -c "import importlib.metadata as m; m.version('faceparse'); import torch, torchvision, timm, segmentation_models_pytorch, albumentations, pytorch_lightning, torchmetrics, safetensors, cv2, jsonargparse, h5py, skimage, torchdata" 2>/dev/null \
 	  || $(PIP) install -e .
 
 install-test:
-	@$(PYTHON) -c "import importlib.metadata as m; m.version('faceparse'); import torch, torchvision, timm, segmentation_models_pytorch, pytest, hypothesis, onnx, onnxruntime, open_clip, segment_anything, skimage, h5py, mkdocs, mkdocstrings" 2>/dev/null \
+	@$(PYTHON) -c "import importlib.metadata as m; m.version('faceparse'); import torch, torchvision, timm, segmentation_models_pytorch, pytest, hypothesis, onnx, onnxruntime, open_clip, segment_anything, skimage, h5py, mkdocs, mkdocstrings, torchdata" 2>/dev/null \
 	  || $(PIP) install -e ".[$(TEST_EXTRAS)]"
 
 demo: install
