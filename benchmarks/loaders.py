@@ -25,14 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # fixture_trees: the tests' tree writers
 
-import fixture_trees as fx  # noqa: E402
+import fixture_trees as fx
 
-from faceparse.data.celebamask_hq import CelebAMaskHQ  # noqa: E402
-from faceparse.data.cofw import COFWDataset  # noqa: E402
-from faceparse.data.helen import HelenDataset  # noqa: E402
-from faceparse.data.lapa import LaPaDataset  # noqa: E402
-from faceparse.data.part_labels import PartLabelsDataset  # noqa: E402
-from faceparse.data.synthetic import SyntheticFaces  # noqa: E402
+from faceparse.data.celebamask_hq import CelebAMaskHQ
+from faceparse.data.cofw import COFWDataset
+from faceparse.data.helen import HelenDataset
+from faceparse.data.lapa import LaPaDataset
+from faceparse.data.part_labels import PartLabelsDataset
+from faceparse.data.synthetic import SyntheticFaces
 
 
 def rate(fn, n: int, repeats: int = 3) -> float:

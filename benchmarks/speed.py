@@ -136,7 +136,7 @@ def bench_variants(
                 else:
                     row[f"{v}_maxdiff"] = float((out.float() - ref).abs().max())
                 runners[v] = fn
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 row[f"{v}_ms"] = None
                 row[f"{v}_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
         for fn in runners.values():
@@ -161,7 +161,7 @@ def bench_variants(
         for v in variants:
             if row.get(f"{v}_ms") and base:
                 row[f"{v}_speedup"] = base / row[f"{v}_ms"]
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
     return row
 

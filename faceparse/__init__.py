@@ -18,11 +18,11 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see faceparse.runtime: no spinning on shared cores
 
-import importlib  # noqa: E402
-from typing import TYPE_CHECKING, Any  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from faceparse.errors import FaceParseError  # noqa: E402
-from faceparse.registry import AUX_MODELS, DATASETS, LOSSES, MODELS, ModelCfg  # noqa: E402
+from faceparse.errors import FaceParseError
+from faceparse.registry import AUX_MODELS, DATASETS, LOSSES, MODELS, ModelCfg
 
 if TYPE_CHECKING:
     from faceparse.labels import LabelSet, generic_label_set, get_label_set, list_label_sets

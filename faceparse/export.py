@@ -290,7 +290,7 @@ def _export_checked(
     check_batch = max(batch, 2) + 1
     try:
         ref = _reference(model, hw, check_batch if check else 1)  # without check: for the output shape
-    except Exception as exc:  # noqa: BLE001 - reported with the model's name
+    except Exception as exc:
         raise FaceParseError(
             f"could not export {type(model).__name__} to ONNX: the PyTorch model fails on a {hw[0]}x{hw[1]} input "
             f"({type(exc).__name__}: {exc})"
@@ -301,7 +301,7 @@ def _export_checked(
     if modes[0]:
         try:
             second_ref = _reference(model, second, 1)
-        except Exception as exc:  # noqa: BLE001 - the model itself is fixed-size
+        except Exception as exc:
             note = f"the PyTorch model does not run at {second[0]}x{second[1]} ({type(exc).__name__}: {exc})"[:300]
             if dynamic_hw:
                 raise FaceParseError(f"dynamic height/width impossible: {note}") from exc
@@ -326,7 +326,7 @@ def _export_checked(
         )
         try:
             session = onnx_session(target)
-        except Exception as exc:  # noqa: BLE001 - an invalid graph: try the fixed size, else report
+        except Exception as exc:
             if dyn and not dynamic_hw:
                 note = f"onnxruntime cannot load the dynamic graph ({type(exc).__name__})"
                 continue
@@ -334,7 +334,7 @@ def _export_checked(
         if dyn:
             try:
                 parity = check_onnx(model, target, second, batch=1, session=session, reference=second_ref)
-            except Exception as exc:  # noqa: BLE001 - shapes baked into the graph: onnxruntime rejects the size
+            except Exception as exc:
                 if dynamic_hw:
                     raise FaceParseError(
                         f"dynamic height/width: the ONNX graph of {type(model).__name__} does not run at {second}: {exc}"
@@ -356,7 +356,7 @@ def _export_checked(
                 parity = check_onnx(model, target, hw, batch=check_batch, session=session, reference=ref)
             except FaceParseError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - onnxruntime fails on its own graph
+            except Exception as exc:
                 raise FaceParseError(
                     f"onnxruntime fails on the ONNX graph of {type(model).__name__} at {hw[0]}x{hw[1]}: {exc}"
                 ) from exc
@@ -392,7 +392,7 @@ def _export_any(
         try:
             _export(module, x, path, opset, use_dynamo, dynamic_hw)
             return label, errors
-        except Exception as exc:  # noqa: BLE001 - try the other exporter, report both
+        except Exception as exc:
             errors.append(f"{label}: {type(exc).__name__}: {exc}")
             _clear(path.parent)
     return None, errors

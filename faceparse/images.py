@@ -47,7 +47,7 @@ def open_image(path: str | os.PathLike, expected: str, draft: tuple[int, int] | 
         if draft is not None and img.format == "JPEG":
             img.draft("RGB", draft)  # DCT-domain downscale to at least ``draft``
         img.load()  # decodes fully: a truncated file raises here instead of giving a grey bottom half
-    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise OSError, EOFError, struct.error, ...
+    except Exception as exc:
         raise FaceParseError(f"cannot read '{path}' (expected {expected}): {type(exc).__name__}: {exc}") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
@@ -107,7 +107,7 @@ def read_image(path: str | os.PathLike, exif: bool = False, expected: str = "an 
     if exif:
         try:
             img = ImageOps.exif_transpose(img)
-        except Exception:  # noqa: BLE001 - a corrupt EXIF block must not hide the pixels
+        except Exception:
             pass
     return pil_to_rgb(img, where=f"'{path}'")
 

@@ -66,7 +66,7 @@ class FlopCount(TorchDispatchMode):
         super().__init__()
         self.total = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         formula = flop_registry.get(func._overloadpacket)
         if formula is None:  # composite ops (conv2d, matmul...): count their decomposition
@@ -161,7 +161,7 @@ class PeakMemory(TorchDispatchMode):
         self.live -= nbytes
         self._seen.discard(key)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor):
@@ -235,7 +235,7 @@ def meta_count(name: str, size: int, model_kwargs: dict[str, Any] | None = None)
     try:
         with torch.device("meta"):
             model = build_for_bench(name, **(model_kwargs or {}))
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None, None
     params = count_parameters(model)
     try:
@@ -243,7 +243,7 @@ def meta_count(name: str, size: int, model_kwargs: dict[str, Any] | None = None)
         with torch.inference_mode(), counter:
             model(torch.empty(1, 3, size, size, device="meta"))
         return params, counter.total
-    except Exception:  # noqa: BLE001
+    except Exception:
         return params, None
 
 
@@ -315,7 +315,7 @@ def bench_model(
                 row["throughput_bn_ips"] = batch / statistics.median(tb)
                 row["runs_bn"] = len(tb)
                 row["achieved_gflops_s"] = flops * batch / statistics.median(tb) / 1e9
-    except Exception as exc:  # noqa: BLE001 - a failing model is reported, not fatal
+    except Exception as exc:
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
     if notes:
         row["note"] = "; ".join(notes)

@@ -78,7 +78,7 @@ def check_dataset(
         except FaceParseError as exc:
             rep.problems.append(str(exc))
             continue
-        except Exception as exc:  # noqa: BLE001 - the check lists every problem, it never crashes
+        except Exception as exc:
             rep.problems.append(f"{dataset} {split} at '{root}': cannot index the split: {type(exc).__name__}: {exc}")
             continue
         rep.problems.extend(getattr(ds, "problems", []))
@@ -91,7 +91,7 @@ def check_dataset(
             except FaceParseError as exc:
                 rep.problems.append(str(exc))
                 continue
-            except Exception as exc:  # noqa: BLE001 - a raw library error still names the face's files
+            except Exception as exc:
                 rep.problems.append(f"{_describe(ds, i)}: cannot read: {type(exc).__name__}: {exc}")
                 continue
             found = _sample_problems(raw, k, ds.label_set.background, _describe(ds, i, raw))

@@ -84,7 +84,7 @@ class _Mat:
             n_img = self._read_header(path, keys)
         except FaceParseError:
             raise
-        except Exception as exc:  # noqa: BLE001 - h5py/scipy raise OSError, KeyError, ValueError... without the file
+        except Exception as exc:
             raise FaceParseError(
                 f"cannot read '{path}' as a COFW MATLAB file (v7.3 HDF5 or v5; truncated or corrupt?): "
                 f"{type(exc).__name__}: {exc}"
@@ -158,7 +158,7 @@ class _Mat:
                 f = self._h5
                 ref = f[self.keys[0]][()].ravel()[i] if f[self.keys[0]].ndim else f[self.keys[0]][()]
                 img = np.asarray(f[ref]).T  # (3, W, H) -> (H, W, 3); (W, H) -> (H, W)
-            except Exception as exc:  # noqa: BLE001 - h5py errors do not name the file
+            except Exception as exc:
                 raise FaceParseError(
                     f"'{self.path}': cannot read image {i + 1} of '{self.keys[0]}': {type(exc).__name__}: {exc}"
                 ) from None

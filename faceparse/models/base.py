@@ -176,7 +176,7 @@ def recover_folder(directory: str | Path) -> Path:
     return directory
 
 
-class atomic_folder:  # noqa: N801 - used as a context manager, like tempfile's helpers
+class atomic_folder:
     """Context manager yielding a temporary folder beside ``directory`` that replaces it on success.
 
     Files of an existing ``directory`` that the block does not write are carried over (hard links

@@ -296,7 +296,7 @@ class SegFace(FaceParsingModel):
 
     # TorchScript reads class annotations, which are strings under ``from __future__ import
     # annotations``: give it real types (FaceParsingModel marks its Python-only attributes).
-    __annotations__ = {"channels_last": bool, "out_indices": list[int], "default_input_size": int}  # noqa: RUF012
+    __annotations__ = {"channels_last": bool, "out_indices": list[int], "default_input_size": int}
 
     def __init__(
         self,

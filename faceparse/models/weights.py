@@ -75,7 +75,7 @@ def read_state_dict(
             state = load_file(str(p), device="cpu")
         else:
             state = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch/safetensors/pickle raise many unrelated types
+    except Exception as exc:
         kind = "safetensors" if is_safetensors else "weights-only torch"
         raise FaceParseError(f"cannot read {what} '{p}' as a {kind} file: {type(exc).__name__}: {exc}") from None
     for key in unwrap:

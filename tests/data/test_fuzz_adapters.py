@@ -1162,7 +1162,7 @@ def run_case(case: Case, tree: Path, info: dict) -> tuple[str, str]:
         if expect.file not in msg or expect.also not in msg:
             return "unclear_error", f"expected {expect.file!r} and {expect.also!r} in: {msg}"
         outcome = "clear_error"
-    except Exception:  # noqa: BLE001 - what the suite is here to catch
+    except Exception:
         return "raw_traceback", traceback.format_exc(limit=4)
     else:
         if isinstance(expect, Err):
@@ -1177,13 +1177,13 @@ def run_case(case: Case, tree: Path, info: dict) -> tuple[str, str]:
             same(sample["mask"].numpy(), raws[0]["mask"], "sample mask")
         except AssertionError as exc:
             return "silently_wrong", str(exc)
-        except Exception:  # noqa: BLE001
+        except Exception:
             return "raw_traceback", traceback.format_exc(limit=4)
         outcome = "read_correctly"
     # the same tree through `faceparse datasets check` (the library function behind it)
     try:
         reports = check_dataset(str(root), case.dataset, splits=[case.split], **kwargs)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return "check_crashed", traceback.format_exc(limit=4)
     problems = [p for r in reports for p in r.problems]
     if isinstance(expect, Ok) and problems:

@@ -47,7 +47,7 @@ def _tiny_param_count(name: str) -> float:
         with torch.device("meta"):
             model = faceparse.build_model(name, **tiny_kwargs(name))
         return float(sum(p.numel() for p in model.parameters()))
-    except Exception:  # noqa: BLE001 - cannot tell: treat as heavy
+    except Exception:
         return float("inf")
 
 

@@ -218,7 +218,7 @@ def _reference_forward(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch
 
     def attention(p, q, k, v, heads=8):
         q, k, v = lin(q, p + ".q_proj"), lin(k, p + ".k_proj"), lin(v, p + ".v_proj")
-        split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, -1).permute(0, 2, 1, 3)  # noqa: E731
+        split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, -1).permute(0, 2, 1, 3)
         q, k, v = split(q), split(k), split(v)
         w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
         out = (w @ v).permute(0, 2, 1, 3).reshape(b, -1, heads * q.shape[-1])

@@ -141,7 +141,7 @@ class OpenCLIPEncoder(nn.Module):
             )
         try:
             result = open_clip.load_checkpoint(self.model, str(path), strict=strict)
-        except Exception as exc:  # noqa: BLE001 - torch, pickle, safetensors and open_clip raise many types
+        except Exception as exc:
             msg = str(exc)
             msg = msg if len(msg) < 800 else msg[:800] + " ..."
             raise FaceParseError(
