@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -139,3 +140,27 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             out[key] = values
     return out
+
+
+def sample_key(raw: Mapping[str, Any], index: int) -> str:
+    """The key of a sample in files keyed by image (pseudo-labels, CCD boxes): the stem of the first
+    of ``meta`` name / id / file / filename / image / image_path / path, else the index."""
+    meta = raw.get("meta", {}) or {}
+    for k in ("name", "id", "file", "filename", "image", "image_path", "path"):
+        if meta.get(k) is not None:
+            return Path(str(meta[k])).stem
+    return str(index)
+
+
+def build_wrapped_dataset(name: str, **kwargs: Any) -> FaceDataset:
+    """Build the registered dataset that another dataset wraps, passing only the keyword arguments its
+    factory accepts (the wrappers take ``dataset=`` and ``dataset_kwargs=``)."""
+    import inspect
+
+    from faceparse.registry import DATASETS
+
+    factory = DATASETS.get(name)
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return factory(**kwargs)

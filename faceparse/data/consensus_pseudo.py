@@ -21,7 +21,6 @@ Hand-written on OpenCV morphology: no library implements this procedure.
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from faceparse.data.base import FaceDataset
+from faceparse.data.base import FaceDataset, build_wrapped_dataset, sample_key
 from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.errors import FaceParseError
 from faceparse.labels import LabelSet, get_label_set
@@ -146,23 +145,6 @@ META_NAME = "pseudo_labels.json"
 BLOB_DIR = "blobs"
 
 
-def _sample_key(raw: dict[str, Any], index: int) -> str:
-    meta = raw.get("meta", {}) or {}
-    for k in ("name", "id", "file", "filename", "image"):
-        if meta.get(k) is not None:
-            return Path(str(meta[k])).stem
-    return str(index)
-
-
-def _build(name: str, **kwargs: Any) -> FaceDataset:
-    """Build a registered dataset with only the keyword arguments its factory accepts."""
-    factory = DATASETS.get(name)
-    params = inspect.signature(factory).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return factory(**kwargs)
-
-
 def face_class_ids(label_set: LabelSet, face_classes: Sequence[str] | None = None) -> list[int]:
     """Indices of the classes counted as face: ``face_classes`` by name, or every class that maps
     to ``face`` in the ``cofw_occlusion`` set (skin, nose, eyes, brows, ears, mouth, lips, glasses)."""
@@ -213,7 +195,7 @@ def pseudo_labels_occlusion(
         kw["image_size"] = image_size or net.default_input_size
     elif image_size:
         kw["image_size"] = image_size
-    ds = _build(dataset, **kw)
+    ds = build_wrapped_dataset(dataset, **kw)
     src_ls = net.label_set if net is not None else ds.label_set
     face_ids = face_class_ids(src_ls, face_classes)
     if not face_ids:
@@ -241,7 +223,7 @@ def pseudo_labels_occlusion(
         res = factorize_occlusion(
             face, contour=pts, hull_scale=hull_scale, kernel_scale=kernel_scale, min_area=min_area
         )
-        key = _sample_key(raw, i)
+        key = sample_key(raw, i)
         cv2.imwrite(str(out / f"{key}.png"), res.labels)
         cv2.imwrite(str(out / BLOB_DIR / f"{key}.png"), res.blobs.astype(np.uint16))
         occluded += res.num_occlusions > 0
@@ -292,7 +274,7 @@ class OcclusionPseudoLabels(FaceDataset):
                 f"'{self.labels_dir}' is not a folder written by `faceparse pseudo-labels occlusion` "
                 f"(no '{BLOB_DIR}/' inside)"
             )
-        self.base = _build(dataset, split=split, **(dataset_kwargs or {}))
+        self.base = build_wrapped_dataset(dataset, split=split, **(dataset_kwargs or {}))
         self.label_set = get_label_set("cofw_occlusion")
         self.landmark_flip = self.base.landmark_flip
         self._lut = self.base.label_set.mapping_to(self.label_set).astype(np.uint8)
@@ -306,7 +288,7 @@ class OcclusionPseudoLabels(FaceDataset):
         if self.labels_dir is None:
             out["mask"] = self._lut[np.asarray(raw["mask"]).astype(np.int64)]
             return out
-        key = _sample_key(raw, index)
+        key = sample_key(raw, index)
         h, w = raw["image"].shape[:2]
         for name, path in (
             ("mask", self.labels_dir / f"{key}.png"),
@@ -344,7 +326,7 @@ class SyntheticOcclusion(FaceDataset):
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__(image_size=image_size, augment=augment, mean=mean, std=std)
-        self.base = _build(
+        self.base = build_wrapped_dataset(
             "synthetic", split=split, num_samples=num_samples, image_size=image_size, seed=seed,
             occluder_prob=occluder_prob,
         )  # fmt: skip

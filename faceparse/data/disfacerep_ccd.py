@@ -26,7 +26,6 @@ pixels become ignore (255) in the mask, so labels later derived from the mask ag
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from faceparse.data.base import FaceDataset
+from faceparse.data.base import FaceDataset, build_wrapped_dataset, sample_key
 from faceparse.errors import FaceParseError
 from faceparse.labels import IGNORE_INDEX, LabelSet
 from faceparse.registry import DATASETS
@@ -48,7 +47,7 @@ __all__ = [
     "apply_ccd",
     "load_boxes",
     "boxes_from_mask",
-    "image_key",
+    "sample_key",
     "build_wrapped_dataset",
     "CCDDataset",
 ]
@@ -177,15 +176,6 @@ def apply_ccd(
     return out, chosen
 
 
-def image_key(raw: Mapping[str, Any], index: int) -> str:
-    """Key of a sample in a box file: the stem of its file name in ``meta``, else the index."""
-    meta = raw.get("meta", {}) or {}
-    for k in ("name", "id", "file", "filename", "image", "image_path", "path"):
-        if k in meta and meta[k] is not None:
-            return Path(str(meta[k])).stem
-    return str(index)
-
-
 def load_boxes(source: str | Path) -> dict[str, dict[str, Any]]:
     """Read a JSON box file (see module docstring)."""
     path = Path(source)
@@ -219,15 +209,6 @@ def boxes_from_mask(
                 float(min(h, ys.max() + 1 + pad)),
             ]
     return out
-
-
-def build_wrapped_dataset(name: str, **kwargs: Any) -> FaceDataset:
-    """Build a registered dataset passing only the keyword arguments its factory accepts."""
-    factory = DATASETS.get(name)
-    params = inspect.signature(factory).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return factory(**kwargs)
 
 
 @DATASETS.register("ccd")
@@ -287,7 +268,7 @@ class CCDDataset(FaceDataset):
     def boxes_for(self, raw: dict, index: int) -> Mapping[str, Any]:
         if callable(self.boxes):
             return self.boxes(raw, index) or {}
-        return self.boxes.get(image_key(raw, index), {})
+        return self.boxes.get(sample_key(raw, index), {})
 
     def load_raw(self, index: int) -> dict[str, Any]:
         raw = self.base.load_raw(index)

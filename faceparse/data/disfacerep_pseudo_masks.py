@@ -19,8 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from faceparse.data.base import FaceDataset
-from faceparse.data.disfacerep_ccd import build_wrapped_dataset, image_key
+from faceparse.data.base import FaceDataset, build_wrapped_dataset, sample_key
 from faceparse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.errors import FaceParseError
 from faceparse.labels import LabelSet, get_label_set
@@ -78,7 +77,7 @@ class PseudoMaskDataset(FaceDataset):
         raw = self.base.load_raw(index)
         if self.masks_dir is None:
             return raw
-        path = self.masks_dir / f"{image_key(raw, index)}.png"
+        path = self.masks_dir / f"{sample_key(raw, index)}.png"
         mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if mask is None:
             raise FaceParseError(f"pseudo mask '{path}' is missing or unreadable (sample {index})")
@@ -153,7 +152,7 @@ def pseudo_labels_cam(
                 oh, ow = meta.get("orig_size", m.shape)
                 if (oh, ow) != m.shape:
                     m = cv2.resize(m, (int(ow), int(oh)), interpolation=cv2.INTER_NEAREST)
-                key = image_key({"meta": meta}, int(meta.get("index", count)))
+                key = sample_key({"meta": meta}, int(meta.get("index", count)))
                 cv2.imwrite(str(out / f"{key}.png"), m)
                 count += 1
     info = {
