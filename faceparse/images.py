@@ -25,6 +25,10 @@ import numpy as np
 
 from faceparse.errors import FaceParseError
 
+# ImageNet statistics: the input normalisation of every ImageNet-initialised backbone.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 
 

@@ -28,14 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from faceparse.errors import FaceParseError
+from faceparse.labels import IGNORE_INDEX
 
 #: Five-point template in the unit square (x, y): left eye, right eye, nose tip, mouth left, mouth right.
 TEMPLATE_5 = np.array([[0.375, 0.45], [0.625, 0.45], [0.5, 0.55], [0.425, 0.70], [0.575, 0.70]], dtype=np.float64)
 
 #: Mirror permutation of the five points (swap eyes and mouth corners).
 FLIP_5 = np.array([1, 0, 2, 4, 3], dtype=np.int64)
-
-IGNORE_INDEX = 255
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from faceparse.errors import FaceParseError
+from faceparse.labels import IGNORE_INDEX
 from faceparse.registry import DATASETS
-
-IGNORE_INDEX = 255
 
 SPLITS: dict[str, tuple[str, ...]] = {
     "celebamask_hq": ("train", "val", "test"),

@@ -35,6 +35,7 @@ import numpy as np
 
 from faceparse.data.base import FaceDataset, build_wrapped_dataset, sample_key
 from faceparse.errors import FaceParseError
+from faceparse.images import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.labels import IGNORE_INDEX, LabelSet
 from faceparse.registry import DATASETS
 
@@ -241,8 +242,8 @@ class CCDDataset(FaceDataset):
         seed: int | None = 0,
         image_size: int | Sequence[int] | None = 448,
         augment: bool = False,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__(image_size=image_size, augment=augment, mean=mean, std=std)
         if isinstance(dataset, str):

@@ -10,8 +10,7 @@ from PIL import Image
 
 from faceparse.errors import FaceParseError
 from faceparse.images import open_image, pil_to_rgb
-
-IGNORE_INDEX = 255
+from faceparse.labels import IGNORE_INDEX
 
 
 def require_dir(path: str | os.PathLike, what: str) -> Path:

@@ -30,6 +30,7 @@ import numpy as np
 
 from faceparse.data.base import FaceDataset
 from faceparse.errors import FaceParseError
+from faceparse.images import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.labels import IGNORE_INDEX, LabelSet, get_label_set
 from faceparse.registry import DATASETS
 
@@ -407,8 +408,8 @@ class OccludedFaces(FaceDataset):
         image_size: int | Sequence[int] | None = 512,
         augment: bool = False,
         transform: Any = None,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
         unlabelled_fraction: float = 0.0,
         label_mode: str = "class",

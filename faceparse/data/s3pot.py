@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from faceparse.errors import FaceParseError
+from faceparse.images import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.labels import S3POT_FACE_CLASSES, get_label_set
 from faceparse.models.s3pot.references import (
     IMAGE_EXTENSIONS,
@@ -95,8 +96,8 @@ class ReferencePairs(torch.utils.data.Dataset):
         img = sample["image"]
         h, w = img.shape[-2:]
         mean, std = getattr(self.base, "mean", None), getattr(self.base, "std", None)
-        mean = mean or (0.485, 0.456, 0.406)
-        std = std or (0.229, 0.224, 0.225)
+        mean = mean or IMAGENET_MEAN
+        std = std or IMAGENET_STD
         if self.reference == "oracle":
             clean = self.base.base.load_raw(index)["image"]
             if clean.shape[:2] != (h, w):
@@ -144,8 +145,8 @@ class OcclusionFolder(torch.utils.data.Dataset):
         split: str = "train",
         image_size: int = 1024,
         label_set: str = "celebamask_hq",
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         **unused,
     ) -> None:
 

@@ -21,13 +21,11 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from faceparse.images import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.labels import IGNORE_INDEX, LabelSet, get_label_set
 
 if TYPE_CHECKING:
     import albumentations as A
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Keys holding per-pixel integer maps that follow the image geometrically (nearest neighbour).
 _MAP_KEYS = ("occlusion", "superpixels", "blobs")

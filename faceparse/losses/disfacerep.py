@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faceparse.errors import FaceParseError
+from faceparse.images import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.labels import LabelSet, get_label_set
 from faceparse.losses.standard import as_float32
 from faceparse.registry import LOSSES
@@ -166,8 +167,8 @@ class TCDLoss(nn.Module):
         weights: Sequence[float] = PAPER_WEIGHTS,
         eps: float = 1e-4,
         reduction: str = "mean",
-        image_mean: Sequence[float] = (0.485, 0.456, 0.406),
-        image_std: Sequence[float] = (0.229, 0.224, 0.225),
+        image_mean: Sequence[float] = IMAGENET_MEAN,
+        image_std: Sequence[float] = IMAGENET_STD,
         labels_key: str = "fg_labels",
         max_pairs: int | None = None,
     ) -> None:

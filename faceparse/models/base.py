@@ -13,10 +13,8 @@ import torch
 from torch import nn
 
 from faceparse.errors import FaceParseError, MissingWeightsError
+from faceparse.images import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.labels import LabelSet, get_label_set
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

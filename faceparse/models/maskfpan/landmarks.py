@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from faceparse.images import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.registry import AUX_MODELS
 
 
@@ -48,8 +49,8 @@ class LandmarkOcclusionNet(nn.Module):
             is still an error).
     """
 
-    input_mean = (0.485, 0.456, 0.406)
-    input_std = (0.229, 0.224, 0.225)
+    input_mean = IMAGENET_MEAN
+    input_std = IMAGENET_STD
 
     def __init__(
         self,
