@@ -16,7 +16,8 @@ import os
 
 # Before anything imports torch or albumentations.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see faceparse.runtime: no spinning on shared cores
+if "OMP_WAIT_POLICY" not in os.environ:  # see faceparse.runtime: short spins, no busy cores when shared
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import importlib
 from typing import TYPE_CHECKING, Any

@@ -1,11 +1,14 @@
 """CPU threading: use the cores this process may run on, and never spin on shared cores.
 
-PyTorch's CPU build runs its intra-op pool on OpenMP, whose threads busy-wait between parallel
-regions by default. When another process holds one of the cores, the spinning threads and the
-thread that does the work take turns on the core and a training step slows down by 5-30x
-(measured by `benchmarks/demo_time.py`). ``OMP_WAIT_POLICY=PASSIVE`` makes idle threads sleep instead.
-OpenMP reads it once, when torch is first imported: :mod:`faceparse` sets it (unless the user
-did) before it imports torch, so the ``faceparse`` command and ``import faceparse`` before
+PyTorch's CPU build runs its intra-op pool on GNU OpenMP, whose idle threads busy-wait for
+300,000 spins between parallel regions by default. When another process holds one of the cores,
+the spinning threads and the thread that does the work take turns on the core and a training step
+slows down 6x (one CPU hog, `benchmarks/results/demo_time.md`; 30x was seen on a busier machine).
+``OMP_WAIT_POLICY=PASSIVE`` (no spinning) cuts that to 1.4x but costs ~40 % on a quiet machine;
+``GOMP_SPINCOUNT=10000`` (a short spin, then sleep) keeps the quiet speed within ~8 % and the
+slowdown at ~2.4x, so that is what faceparse sets. OpenMP reads it once, when torch is first
+imported: :mod:`faceparse` sets it (unless the user set ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``)
+before it imports torch, so the ``faceparse`` command and ``import faceparse`` before
 ``import torch`` get it.
 
 Hand-written: neither torch nor Lightning exposes the cgroup-aware core count or the wait policy.
@@ -16,10 +19,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+SPIN_COUNT = "10000"
 
-def set_passive_wait_policy() -> None:
-    """Ask OpenMP to sleep rather than spin while waiting (effective only before torch is imported)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+def set_short_spin() -> None:
+    """Ask OpenMP to spin briefly, then sleep, while waiting (effective only before torch is imported)."""
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
 
 
 def available_cpus() -> int:

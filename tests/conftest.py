@@ -6,8 +6,9 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# before torch is imported: idle OpenMP threads sleep instead of spinning (faceparse.runtime)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# before torch is imported: idle OpenMP threads spin briefly, then sleep (faceparse.runtime)
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import pytest
 import torch
