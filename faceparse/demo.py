@@ -79,7 +79,7 @@ def run_demo(
         f"faceparse demo plan: train {arch} on {num_train} synthetic faces at {image_size} px, "
         f"{epochs} epoch(s) x {num_train // batch_size} steps of batch {batch_size}, then validate on {num_val}\n"
         f"  {threads} torch thread(s) on {available_cpus()} available core(s); one step takes {step_s:.2f} s now, "
-        f"so training should take about {_minutes(estimate)} (257 s in all on a quiet 2-core CPU, "
+        f"so training should take about {_minutes(estimate)} (258 s in all on a quiet 2-core CPU, "
         "measured by benchmarks/demo_time.py)",
         flush=True,
     )
