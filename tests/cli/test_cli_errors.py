@@ -162,3 +162,22 @@ def test_no_traceback_unless_debug_and_fast_start(tmp_path):
         proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV, timeout=120)
         assert proc.stderr.strip().endswith("False"), (argv, proc.stderr)
     assert elapsed < 60
+
+
+def test_python_dash_m_faceparse_is_the_command():
+    proc = subprocess.run(
+        [sys.executable, "-m", "faceparse", "list", "nonexistent-kind"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    proc_cli = subprocess.run(
+        [sys.executable, "-m", "faceparse.cli", "list", "nonexistent-kind"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    assert proc.returncode == proc_cli.returncode == 2
+    assert proc.stderr == proc_cli.stderr and proc.stderr.startswith("error: ")
