@@ -197,6 +197,19 @@ CELEBAMASK_HQ_BISENET = _preset(
     ],
 )  # fmt: skip
 
+# CelebAMask-HQ in the order of the dataset's own preprocessing script (g_mask.py), used by PSFRGAN /
+# facexlib's ParseNet and by the jonathandinu/face-parsing SegFormer on the Hugging Face Hub.
+CELEBAMASK_HQ_OFFICIAL = _preset(
+    "celebamask_hq_official",
+    [
+        ("background", "background"), ("skin", "skin"), ("nose", "nose"), ("eyeglasses", "eye_g"),
+        ("left_eye", "l_eye"), ("right_eye", "r_eye"), ("left_brow", "l_brow"), ("right_brow", "r_brow"),
+        ("left_ear", "l_ear"), ("right_ear", "r_ear"), ("mouth", "mouth"), ("upper_lip", "u_lip"),
+        ("lower_lip", "l_lip"), ("hair", "hair"), ("hat", "hat"), ("earring", "ear_r"), ("necklace", "neck_l"),
+        ("neck", "neck"), ("cloth", "cloth"),
+    ],
+)  # fmt: skip
+
 _ELEVEN = [
     ("background", "background"), ("skin", "skin"), ("left_brow", "left eyebrow"),
     ("right_brow", "right eyebrow"), ("left_eye", "left eye"), ("right_eye", "right eye"), ("nose", "nose"),
@@ -229,8 +242,8 @@ S3POT_FACE_CLASSES: tuple[str, ...] = (
 LABEL_SETS: dict[str, LabelSet] = {
     ls.name: ls
     for ls in (
-        CELEBAMASK_HQ, CELEBAMASK_HQ_BISENET, LAPA, HELEN, PART_LABELS, COFW, COFW_OCCLUSION, CELEBAMASK_HQ_OCC,
-        OCCLUSION,
+        CELEBAMASK_HQ, CELEBAMASK_HQ_BISENET, CELEBAMASK_HQ_OFFICIAL, LAPA, HELEN, PART_LABELS, COFW,
+        COFW_OCCLUSION, CELEBAMASK_HQ_OCC, OCCLUSION,
     )
 }  # fmt: skip
 
