@@ -53,6 +53,9 @@ COMMANDS: dict[str, Command] = {
         "faceparse.cli.evaluate", "consensus", "score a saved model with the consensus paper's protocols"
     ),
     "export": Command("faceparse.cli.export", "export", "export a saved model to ONNX, checked against onnxruntime"),
+    "leaderboard": Command(
+        "faceparse.cli.leaderboard", "leaderboard", "every model on every dataset under its protocol: one table"
+    ),
     "convert segface": Command(
         "faceparse.cli.convert", "segface", "official SegFace checkpoint -> faceparse model folder"
     ),
