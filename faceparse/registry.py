@@ -228,6 +228,7 @@ MODEL_MODULES = (
     "faceparse.models.consensus.model",
     "faceparse.models.mct_vit.model",
     "faceparse.models.s3pot.model",
+    "faceparse.models.bisenet",
 )
 AUX_MODEL_MODULES = ("faceparse.models.maskfpan.landmarks", "faceparse.models.maskfpan.deocclusion")
 LOSS_MODULES = (
