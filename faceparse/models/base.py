@@ -23,22 +23,16 @@ WEIGHTS_NAME = "model.safetensors"
 TRANSIENT_ARGS = ("pretrained", "backbone_weights", "checkpoint")
 
 
-class FaceParsingModel(nn.Module):
-    """Base class of zoo models.
+class PretrainedModule(nn.Module):
+    """A module that saves as ``config.json`` + ``model.safetensors`` and loads with :func:`load_model`.
 
-    Subclasses implement ``forward(x) -> logits`` (``B x K x H x W`` at the input resolution, in train
-    and eval mode) and may override ``forward_train(x) -> dict`` to expose auxiliary outputs. The
-    constructor's arguments are recorded automatically, so ``save_pretrained`` needs nothing more.
+    The constructor's arguments of every subclass are recorded automatically (the outermost
+    constructor's, keyword-able and JSON-able), so ``save_pretrained`` needs nothing more.
+    :class:`FaceParsingModel` (every zoo parser) and the networks of ``AUX_MODELS`` that are not
+    parsers (Mask-FPAN's landmark-occlusion and de-occlusion modules) derive from it.
     """
 
-    # Attributes are documented, not annotated: under ``from __future__ import annotations`` class
-    # annotations are strings TorchScript cannot read. ``label_set`` (a LabelSet) and
-    # ``registry_name`` are Python-only, so TorchScript skips them.
-    input_mean = IMAGENET_MEAN
-    input_std = IMAGENET_STD
-    default_input_size = 512
-    __jit_ignored_attributes__ = ["label_set", "registry_name"]
-    __jit_unused_properties__ = ["num_classes"]
+    __jit_ignored_attributes__ = ["registry_name"]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -67,31 +61,14 @@ class FaceParsingModel(nn.Module):
 
         cls.__init__ = __init__  # type: ignore[method-assign]
 
-    # ------------------------------------------------------------------ contract
-    def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training-time outputs: ``{"logits": ...}`` plus named extras (auxiliary heads...)."""
-        return {"logits": self(x)}
-
-    @property
-    def num_classes(self) -> int:
-        return self.label_set.num_classes
-
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
-    # ------------------------------------------------------------------ save / load
     def get_config(self) -> dict[str, Any]:
-        """JSON-able description from which ``load_model`` rebuilds this model (weights excluded)."""
+        """JSON-able description from which ``load_model`` rebuilds this module (weights excluded)."""
         cls, params = self.__dict__.get("_fp_init_args", (type(self), {}))
         kwargs = {k: (None if k in TRANSIENT_ARGS else _to_jsonable(v, k)) for k, v in params.items()}
         return {
             "class": f"{cls.__module__}.{cls.__qualname__}",
             "kwargs": kwargs,
             "registry_name": getattr(self, "registry_name", None),
-            "label_set": self.label_set.to_dict(),
-            "input_mean": list(self.input_mean),
-            "input_std": list(self.input_std),
-            "input_size": int(self.default_input_size),
             "faceparse_format": 1,
         }
 
@@ -110,6 +87,50 @@ class FaceParsingModel(nn.Module):
             save_file(_dedupe_shared(state), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         return Path(directory)
+
+
+class FaceParsingModel(PretrainedModule):
+    """Base class of zoo models.
+
+    Subclasses implement ``forward(x) -> logits`` (``B x K x H x W`` at the input resolution, in train
+    and eval mode) and may override ``forward_train(x) -> dict`` to expose auxiliary outputs. The
+    constructor's arguments are recorded automatically, so ``save_pretrained`` needs nothing more.
+    """
+
+    # Attributes are documented, not annotated: under ``from __future__ import annotations`` class
+    # annotations are strings TorchScript cannot read. ``label_set`` (a LabelSet) and
+    # ``registry_name`` are Python-only, so TorchScript skips them.
+    input_mean = IMAGENET_MEAN
+    input_std = IMAGENET_STD
+    default_input_size = 512
+    __jit_ignored_attributes__ = ["label_set", "registry_name"]
+    __jit_unused_properties__ = ["num_classes"]
+
+    # ------------------------------------------------------------------ contract
+    def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training-time outputs: ``{"logits": ...}`` plus named extras (auxiliary heads...)."""
+        return {"logits": self(x)}
+
+    @property
+    def num_classes(self) -> int:
+        return self.label_set.num_classes
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # ------------------------------------------------------------------ save / load
+    def get_config(self) -> dict[str, Any]:
+        """:meth:`PretrainedModule.get_config` plus the label set, input normalisation and size."""
+        config = super().get_config()
+        fmt = config.pop("faceparse_format")
+        config.update(
+            label_set=self.label_set.to_dict(),
+            input_mean=list(self.input_mean),
+            input_std=list(self.input_std),
+            input_size=int(self.default_input_size),
+            faceparse_format=fmt,
+        )
+        return config
 
 
 # ---------------------------------------------------------------------------- atomic folder writes
@@ -295,7 +316,8 @@ def _from_jsonable(value: Any) -> Any:
 def load_model(
     directory: str | Path, map_location: str | torch.device = "cpu", strict: bool = True
 ) -> FaceParsingModel:
-    """Rebuild a model saved with ``save_pretrained`` (config.json + model.safetensors)."""
+    """Rebuild a model saved with ``save_pretrained`` (config.json + model.safetensors): a zoo parser
+    (:class:`FaceParsingModel`) or another :class:`PretrainedModule` (Mask-FPAN's LOM and DOM)."""
     from safetensors.torch import load_file
 
     directory = recover_folder(directory)
@@ -322,7 +344,7 @@ def load_model(
             f"'{config_path}' names class '{config['class']}' outside faceparse; refusing to import it"
         )
     cls = getattr(importlib.import_module(module_name), cls_name.split(".")[-1], None)
-    if not (isinstance(cls, type) and issubclass(cls, FaceParsingModel)):
+    if not (isinstance(cls, type) and issubclass(cls, PretrainedModule)):
         raise FaceParseError(f"'{config_path}' names '{config['class']}', which is not a faceparse model class")
     model = cls(**kwargs)
     if config.get("registry_name"):
