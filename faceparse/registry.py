@@ -229,6 +229,7 @@ MODEL_MODULES = (
     "faceparse.models.mct_vit.model",
     "faceparse.models.s3pot.model",
     "faceparse.models.bisenet",
+    "faceparse.models.parsenet",
 )
 AUX_MODEL_MODULES = ("faceparse.models.maskfpan.landmarks", "faceparse.models.maskfpan.deocclusion")
 LOSS_MODULES = (
