@@ -62,6 +62,21 @@ COMMANDS: dict[str, Command] = {
     "convert consensus": Command(
         "faceparse.cli.convert", "consensus", "official Structure-via-Consensus checkpoint -> faceparse model folder"
     ),
+    "convert bisenet": Command(
+        "faceparse.cli.convert", "bisenet", "BiSeNet face parser (79999_iter.pth, parsing_bisenet.pth) -> model folder"
+    ),
+    "convert parsenet": Command(
+        "faceparse.cli.convert", "parsenet", "ParseNet face parser (facexlib parsing_parsenet.pth) -> model folder"
+    ),
+    "convert segformer-hf": Command(
+        "faceparse.cli.convert", "segformer_hf", "transformers SegFormer (jonathandinu/face-parsing) -> model folder"
+    ),
+    "convert farl": Command(
+        "faceparse.cli.convert", "farl", "FaRL face-parsing TorchScript file (facer) -> model folder"
+    ),
+    "convert auto": Command(
+        "faceparse.cli.convert", "auto", "recognise a checkpoint's format (says which and why), then convert it"
+    ),
     "datasets check": Command("faceparse.cli.datasets", "check", "validate a dataset folder and list every problem"),
     "pseudo-labels cam": Command(
         "faceparse.cli.pseudo_labels", "cam", "FCAM pseudo masks from a trained MCT-ViT (DisFaceRep)"
