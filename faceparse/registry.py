@@ -230,6 +230,7 @@ MODEL_MODULES = (
     "faceparse.models.s3pot.model",
     "faceparse.models.bisenet",
     "faceparse.models.parsenet",
+    "faceparse.models.segformer_hf",
 )
 AUX_MODEL_MODULES = ("faceparse.models.maskfpan.landmarks", "faceparse.models.maskfpan.deocclusion")
 LOSS_MODULES = (
