@@ -52,6 +52,10 @@ def _to_original(logits: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
     from faceparse.data.align import warp_to_original
 
     H, W = (int(v) for v in meta["orig_size"])
+    if "tanh_matrix" in meta:
+        from faceparse.data.tanh_warp import tanh_to_original
+
+        return tanh_to_original(logits, meta)
     if "align_inverse" in meta:
         return warp_to_original(logits, meta["align_inverse"], (H, W), meta.get("align_size"))
     if "crop_box" in meta:

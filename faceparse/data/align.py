@@ -178,19 +178,32 @@ def warp_to_original(
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
 
 
+ALIGN_MODES = (False, True, "similarity", "tanh")
+
+
 def maybe_align(
     raw: dict[str, Any],
     points5: np.ndarray | None,
-    align: bool,
+    align: bool | str,
     size: int | None,
     scale: float = 1.0,
     source: str = "",
 ) -> dict[str, Any]:
-    """Adapter helper: align ``raw`` when ``align`` is set (``size`` defaults to 512)."""
+    """Adapter helper: align ``raw`` when ``align`` is set (``size`` defaults to 512).
+
+    ``align=True`` / ``"similarity"``: 5-point similarity (:func:`align_sample`); ``"tanh"``: the RoI
+    tanh-warp (:func:`faceparse.data.tanh_warp.tanh_warp_sample`, the SegFace/FaRL LaPa geometry).
+    """
     if not align:
         return raw
+    if align not in ALIGN_MODES:
+        raise FaceParseError(f"align={align!r}; expected False, True/'similarity' or 'tanh'")
     if points5 is None:
-        raise FaceParseError(f"align=True needs landmarks, but {source or 'this sample'} has none")
+        raise FaceParseError(f"align={align!r} needs landmarks, but {source or 'this sample'} has none")
+    if align == "tanh":
+        from faceparse.data.tanh_warp import tanh_warp_sample
+
+        return tanh_warp_sample(raw, points5, int(size or 512), scale=scale)
     return align_sample(raw, points5, int(size or 512), scale)
 
 

@@ -94,8 +94,10 @@ class LaPaDataset(FaceDataset):
         root: the ``LaPa`` folder (or its parent).
         split: ``train``, ``val`` or ``test``.
         landmarks: ``"106"`` (all points, default) or ``"5"`` (eyes, nose tip, mouth corners).
-        align: warp each face to a square crop from its 5 points (see ``faceparse.data.align``);
-            the inverse transform is kept in ``meta["align_inverse"]``.
+        align: warp each face to a square crop from its 5 points: ``True`` / ``"similarity"`` (see
+            ``faceparse.data.align``; the inverse transform is kept in ``meta["align_inverse"]``) or
+            ``"tanh"``, the RoI tanh-warp of the SegFace/FaRL LaPa protocol (see
+            ``faceparse.data.tanh_warp``; ``meta["tanh_matrix"]``).
         align_size: crop size for ``align`` (defaults to ``image_size`` or 512).
         align_scale: > 1 zooms out of the crop.
         strict: raise on any problem found while indexing (default); ``False`` records the problems
@@ -113,7 +115,7 @@ class LaPaDataset(FaceDataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         landmarks: str = "106",
-        align: bool = False,
+        align: bool | str = False,
         align_size: int | None = None,
         align_scale: float = 1.0,
         strict: bool = True,
