@@ -1,8 +1,13 @@
-"""``faceparse convert segface|consensus CKPT OUT_DIR``: official checkpoints -> faceparse model folders."""
+"""``faceparse convert FORMAT CKPT OUT_DIR``: public face-parser checkpoints -> faceparse model folders.
+
+FORMAT is ``segface``, ``consensus``, ``bisenet``, ``parsenet``, ``segformer-hf`` or ``farl``
+(:data:`faceparse.models.convert.FORMATS`), or ``auto``: recognise the format from the file's key names
+and shapes, read safely (:func:`faceparse.models.convert.detect_format`).
+"""
 
 from __future__ import annotations
 
-from faceparse.cli._args import existing_file, out_dir, yes_no
+from faceparse.cli._args import PositiveInt, existing_file, out_dir, yes_no
 
 
 def segface_arguments(parser) -> None:
@@ -50,3 +55,98 @@ def consensus(cfg) -> None:
         cfg.src, cfg.out_dir, label_set=cfg.label_set, dropout=cfg.dropout, trust_pickle=cfg.trust_pickle
     )
     print(f"wrote {cfg.out_dir} ({model.num_parameters():,} parameters, label set {cfg.label_set})")
+
+
+# --------------------------------------------------------------- face parsers of other projects
+def _common_arguments(parser, src_help: str) -> None:
+    parser.add_argument("src", help=src_help)
+    parser.add_argument("out_dir", help="model folder to write (config.json + model.safetensors)")
+    parser.add_argument("--label-set", default=None, help="label set name (default: the checkpoint's own)")
+
+
+def _run(fmt: str, cfg, src_kind: str = "checkpoint", **options) -> None:
+    """Convert ``cfg.src`` with the converter of format ``fmt`` (options left at None are not passed)."""
+    from pathlib import Path
+
+    if not (src_kind == "file or folder" and Path(cfg.src).is_dir()):
+        existing_file(cfg.src, "checkpoint")
+    out_dir(cfg.out_dir, "OUT_DIR")
+    from faceparse.models.convert import convert
+
+    kwargs = {k: v for k, v in {"label_set": cfg.label_set, **options}.items() if v is not None}
+    _report(cfg.out_dir, convert(cfg.src, cfg.out_dir, format=fmt, **kwargs))
+
+
+def _report(out: str, model) -> None:
+    name = getattr(model, "registry_name", None) or type(model).__name__
+    print(
+        f"wrote {out} ({name}, label set {model.label_set.name}, {model.num_parameters() / 1e6:.2f}M parameters, "
+        f"input {model.default_input_size})"
+    )
+
+
+def bisenet_arguments(parser) -> None:
+    _common_arguments(parser, "79999_iter.pth (face-parsing.PyTorch) or parsing_bisenet.pth (facexlib)")
+
+
+def bisenet(cfg) -> None:
+    """Convert a BiSeNet face-parsing checkpoint (face-parsing.PyTorch, facexlib) into a faceparse model folder."""
+    _run("bisenet", cfg)
+
+
+def parsenet_arguments(parser) -> None:
+    _common_arguments(parser, "parsing_parsenet.pth (facexlib / PSFRGAN)")
+
+
+def parsenet(cfg) -> None:
+    """Convert a ParseNet checkpoint (facexlib parsing_parsenet.pth) into a faceparse model folder."""
+    _run("parsenet", cfg)
+
+
+def segformer_hf_arguments(parser) -> None:
+    _common_arguments(
+        parser, "model.safetensors / pytorch_model.bin, or its Hub snapshot folder (jonathandinu/face-parsing)"
+    )
+    parser.add_argument("--config", default=None, help="transformers config.json (default: the one beside SRC)")
+    parser.add_argument("--input-size", type=PositiveInt, default=None, help="default input size (default: 512)")
+
+
+def segformer_hf(cfg) -> None:
+    """Convert a transformers SegFormer checkpoint (e.g. jonathandinu/face-parsing) into a faceparse model folder."""
+    _run("segformer-hf", cfg, src_kind="file or folder", config=cfg.config, input_size=cfg.input_size)
+
+
+def farl_arguments(parser) -> None:
+    _common_arguments(parser, "facer's FaRL face-parsing TorchScript file (face_parsing.farl.*.pt)")
+
+
+def farl(cfg) -> None:
+    """Wrap a FaRL face-parsing TorchScript file (facer's release) as a faceparse model folder."""
+    _run("farl", cfg)
+
+
+def auto_arguments(parser) -> None:
+    from faceparse.models.convert import FORMATS
+
+    parser.add_argument(
+        "src", help=f"checkpoint file or Hugging Face snapshot folder, one of: {', '.join(FORMATS)} (read safely)"
+    )
+    parser.add_argument("out_dir", help="model folder to write (config.json + model.safetensors)")
+
+
+def auto(cfg) -> None:
+    """Recognise the checkpoint's format from its key names and shapes (read safely), say which and why,
+    then convert it with that format's default options."""
+    from pathlib import Path
+
+    if not Path(cfg.src).is_dir():
+        existing_file(cfg.src, "checkpoint")
+    out_dir(cfg.out_dir, "OUT_DIR")
+    from faceparse.models.convert import FORMATS, detect_format
+
+    found = detect_format(cfg.src)
+    opts = "".join(f" --{k.replace('_', '-')} {v}" for k, v in found.options.items())
+    print(f"recognised format '{found.name}' ({FORMATS[found.name].description}): {found.reason}")
+    print(f"converting as: faceparse convert {found.name} {cfg.src} {cfg.out_dir}{opts}")
+    fmt = FORMATS[found.name]
+    _report(cfg.out_dir, fmt.function(fmt.convert)(str(cfg.src), str(cfg.out_dir), **found.options))

@@ -642,3 +642,77 @@ def convert_segface(
     model = convert_official(src, backbone=backbone, dataset=dataset, unsafe_load=unsafe_load)
     model.save_pretrained(out_dir)
     return model
+
+
+# --------------------------------------------------------------------------- format recognition
+_SEGFACE_MARKERS = (
+    "pe_layer.positional_encoding_gaussian_matrix",
+    "linear_fuse.weight",
+    "face_decoder.transformer.final_attn_token_to_image.q_proj.weight",
+)
+
+
+def _official_dataset(state: dict[str, Tensor]) -> str | None:
+    """The dataset whose class-token names the official ``state`` holds (LaPa and Helen share them)."""
+    tokens = {
+        k[len("face_decoder.") : -len("_token.weight")]
+        for k in state
+        if k.startswith("face_decoder.") and k.endswith("_token.weight") and k.count(".") == 2
+    }
+    for dataset in ("celebamask_hq", "lapa"):
+        if tokens == set(OFFICIAL_TOKENS[dataset]):
+            return dataset
+    return None
+
+
+def _official_backbones(state: dict[str, Tensor], dataset: str) -> list[str]:
+    """Backbones that fit ``state``: candidates by the four ``linear_c`` input widths, then the exact
+    key/shape check of :func:`_matching_backbones` on those only (a meta-device build each)."""
+    widths = []
+    for i in range(4):
+        w = state.get(f"linear_c.{i}.proj.weight")
+        widths.append(int(w.shape[1]) if isinstance(w, Tensor) and w.dim() == 2 else None)
+    candidates = [n for n, spec in BACKBONES.items() if tuple(widths) == spec.channels]
+    hits = []
+    for name in candidates:
+        try:
+            mapped = convert_official_state_dict(state, name, dataset)
+        except (FaceParseError, ValueError):
+            continue
+        with torch.device("meta"):
+            ref = SegFace(backbone=name, label_set=_DATASET_LABELS[dataset]).state_dict()
+        if set(ref) == set(mapped) and all(ref[k].shape == mapped[k].shape for k in ref):
+            hits.append(name)
+    return hits
+
+
+def match_segface(state: dict[str, Tensor]) -> tuple[bool, str]:
+    """Whether ``state`` (``state_dict_backbone`` of an official checkpoint, already unwrapped) is an
+    official SegFace model, from its key names and shapes; the string says why (not)."""
+    missing = [m for m in _SEGFACE_MARKERS if m not in state]
+    if missing:
+        return False, f"no SegFace decoder keys ({', '.join(missing)} missing)"
+    dataset = _official_dataset(state)
+    if dataset is None:
+        n = sum(1 for k in state if k.startswith("face_decoder.") and k.endswith("_token.weight"))
+        return False, f"SegFace decoder keys, but its {n} class tokens are neither the CelebAMask-HQ nor the LaPa set"
+    backbones = _official_backbones(state, dataset)
+    if not backbones:
+        return (
+            False,
+            f"SegFace decoder keys ({dataset} tokens), but the backbone tensors fit none of {', '.join(BACKBONES)}",
+        )
+    which = "lapa or helen" if dataset == "lapa" else dataset
+    return True, (
+        f"pe_layer/linear_c/linear_fuse/face_decoder keys of the official SegFace; "
+        f"{len(OFFICIAL_TOKENS[dataset])} class tokens ({which}); backbone tensors fit {' or '.join(backbones)}"
+    )
+
+
+def segface_options(state: dict[str, Tensor]) -> dict[str, str]:
+    """``convert_segface`` options read from a matching official state: backbone and dataset. LaPa and
+    Helen models have the same class tokens, so such a state converts as ``lapa``; convert a Helen
+    model with ``faceparse convert segface --dataset helen``."""
+    dataset = _official_dataset(state) or "celebamask_hq"
+    backbones = _official_backbones(state, dataset)
+    return {"backbone": backbones[0] if backbones else "swin_base", "dataset": dataset}

@@ -197,3 +197,29 @@ def convert_consensus(
     model.registry_name = "consensus_net"
     model.save_pretrained(out_dir)
     return model
+
+
+def match_consensus(state: dict[str, torch.Tensor]) -> tuple[bool, str]:
+    """Whether ``state`` (already unwrapped from ``{"state_dict": ...}``, ``module.`` stripped) is an
+    official consensus_net checkpoint: exactly the release's keys and shapes (width 64); the string
+    says why (not)."""
+    w = state.get("model_class.weight")
+    if not any(k.startswith("model_enc.") for k in state) or w is None:
+        return False, "no consensus_net keys (model_enc.*, model_dilation.*, model_dec.*, model_class.*)"
+    if w.dim() != 4:
+        return False, f"model_class.weight is {tuple(w.shape)}, not a convolution weight"
+    k = int(w.shape[0])
+    if k < 1:
+        return False, "model_class.weight has no output channels"
+    with torch.device("meta"):
+        ref = ConsensusNet(label_set=f"generic_{k}")
+    expected = {name: tuple(t.shape) for name, t in ref.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(n for n in set(expected) & set(state) if tuple(state[n].shape) != expected[n])
+    if missing or unexpected or wrong:
+        return False, (
+            f"model_enc/model_class keys, but not the official width-64 layout: {len(missing)} missing "
+            f"{missing[:2]}, {len(unexpected)} unexpected {unexpected[:2]}, {len(wrong)} of another shape {wrong[:2]}"
+        )
+    return True, f"model_enc/model_dilation/model_dec/model_class keys of the official consensus_net; {k} classes"
