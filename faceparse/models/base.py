@@ -328,11 +328,6 @@ def load_model(
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not config_path.is_file():
         raise MissingWeightsError(f"'{directory}' has no {CONFIG_NAME}: not a faceparse model directory")
-    if not weights_path.is_file():
-        raise MissingWeightsError(
-            f"'{directory}' has {CONFIG_NAME} but no {WEIGHTS_NAME}: the weights are missing "
-            "(copy them there or save the model again with save_pretrained)"
-        )
     try:
         config = json.loads(config_path.read_text())
         module_name, _, cls_name = config["class"].rpartition(".")
@@ -346,6 +341,14 @@ def load_model(
     cls = getattr(importlib.import_module(module_name), cls_name.split(".")[-1], None)
     if not (isinstance(cls, type) and issubclass(cls, PretrainedModule)):
         raise FaceParseError(f"'{config_path}' names '{config['class']}', which is not a faceparse model class")
+    loader = getattr(cls, "load_pretrained_folder", None)
+    if loader is not None:  # weights kept otherwise than in model.safetensors (FaRL: a TorchScript file)
+        return loader(directory, config, map_location=map_location)
+    if not weights_path.is_file():
+        raise MissingWeightsError(
+            f"'{directory}' has {CONFIG_NAME} but no {WEIGHTS_NAME}: the weights are missing "
+            "(copy them there or save the model again with save_pretrained)"
+        )
     model = cls(**kwargs)
     if config.get("registry_name"):
         model.registry_name = config["registry_name"]
