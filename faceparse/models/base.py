@@ -72,6 +72,14 @@ class PretrainedModule(nn.Module):
             "faceparse_format": 1,
         }
 
+    def push_to_hub(self, repo_id: str, **kwargs: Any):
+        """Upload this model's ``save_pretrained`` folder and a model card to the Hugging Face Hub
+        repository ``repo_id``; keyword arguments and return value: :func:`faceparse.hub.push_to_hub`.
+        Load it back with ``faceparse.load_model("hf-hub:" + repo_id)``."""
+        from faceparse.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
 
@@ -317,9 +325,16 @@ def load_model(
     directory: str | Path, map_location: str | torch.device = "cpu", strict: bool = True
 ) -> FaceParsingModel:
     """Rebuild a model saved with ``save_pretrained`` (config.json + model.safetensors): a zoo parser
-    (:class:`FaceParsingModel`) or another :class:`PretrainedModule` (Mask-FPAN's LOM and DOM)."""
+    (:class:`FaceParsingModel`) or another :class:`PretrainedModule` (Mask-FPAN's LOM and DOM).
+
+    ``directory`` may also be ``"hf-hub:ORG/NAME[@REVISION]"``: the folder is downloaded from the
+    Hugging Face Hub into its cache first (:mod:`faceparse.hub`; the only case that uses the network)."""
     from safetensors.torch import load_file
 
+    if isinstance(directory, str) and directory.startswith("hf-hub:"):
+        from faceparse.hub import download_model
+
+        directory = download_model(directory)
     directory = recover_folder(directory)
     if not directory.is_dir():
         raise MissingWeightsError(
