@@ -749,16 +749,25 @@ class Predictor:
         return FaceResult(box, 0.0, plan.landmarks, plan.path, plan.align, crop, face_labels, None)  # type: ignore[arg-type]
 
 
-def write_prediction(pred: Prediction, image_path: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """Write ``<stem>_labels.png`` (class indices) and ``<stem>_overlay.png`` next to the image."""
-    image_path = Path(image_path)
-    folder = Path(out_dir) if out_dir else image_path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    labels_path = folder / f"{image_path.stem}_labels.png"
-    overlay_path = folder / f"{image_path.stem}_overlay.png"
+def write_prediction(
+    pred: Prediction, image_path: str | Path, out_dir: str | Path | None = None, stem: str | None = None
+) -> tuple[Path, Path]:
+    """Write ``<stem>_labels.png`` (class indices) and ``<stem>_overlay.png`` next to the image (or in ``out_dir``)."""
+    labels_path, overlay_path = output_paths(image_path, out_dir, stem)
+    labels_path.parent.mkdir(parents=True, exist_ok=True)
     _write_png(labels_path, pred.labels)
     _write_png(overlay_path, cv2.cvtColor(pred.overlay(), cv2.COLOR_RGB2BGR))
     return labels_path, overlay_path
+
+
+def output_paths(
+    image_path: str | Path, out_dir: str | Path | None = None, stem: str | None = None
+) -> tuple[Path, Path]:
+    """Where :func:`write_prediction` writes the label map and the overlay of ``image_path``."""
+    image_path = Path(image_path)
+    folder = Path(out_dir) if out_dir else image_path.parent
+    stem = stem or image_path.stem
+    return folder / f"{stem}_labels.png", folder / f"{stem}_overlay.png"
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -772,11 +781,13 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 @dataclass
 class PredictReport:
-    """What :func:`predict_files` wrote, and which inputs failed (path -> reason)."""
+    """What :func:`predict_files` wrote, which inputs failed (path -> reason), which had no face,
+    and which were skipped because their outputs were already there (``skip_existing``)."""
 
     written: list[tuple[Path, Path]] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     no_face: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     def __iter__(self):  # backwards compatible: iterating gives the (labels, overlay) pairs
         return iter(self.written)
@@ -785,8 +796,17 @@ class PredictReport:
         return len(self.written)
 
 
+def output_stems(images: Sequence[str | Path]) -> list[str]:
+    """Output stems for a list of images: the file stem, or ``<stem>_<ext>`` where two inputs share a stem."""
+    stems = [Path(p).stem for p in images]
+    seen: dict[str, int] = {}
+    for s in stems:
+        seen[s] = seen.get(s, 0) + 1
+    return [s if seen[s] == 1 else f"{s}_{Path(p).suffix.lstrip('.').lower()}" for s, p in zip(stems, images)]
+
+
 def predict_files(
-    model_dir: str | Path,
+    model_dir: str | Path | Predictor,
     images: Sequence[str | Path],
     out_dir: str | Path | None = None,
     flip_tta: bool = False,
@@ -796,31 +816,50 @@ def predict_files(
     batch_size: int = 8,
     on_result: Callable[[str, Any], None] | None = None,
     backend: str = "torch",
+    detector: str | Callable | None = None,
+    align: str = "auto",
+    detector_weights: str | Path | None = None,
+    skip_existing: bool = False,
+    progress: bool = False,
 ) -> PredictReport:
     """Parse image files and write ``<stem>_labels.png`` and ``<stem>_overlay.png`` for each.
 
-    Faces are detected by default (:class:`FaceDetector`) and each is parsed in its own crop. An
-    image with no face is parsed whole (``no_face="whole"``, listed in
-    :attr:`PredictReport.no_face`) or skipped and listed as failed (``no_face="skip"``). Images that
-    cannot be read are skipped and listed in :attr:`PredictReport.failed`; the good images are still
-    written. ``on_result(path, prediction_or_error)`` is called after each image. ``backend``:
-    ``"torch"`` or ``"onnxruntime"`` (``model_dir`` may then be an ``.onnx`` file, see :class:`Predictor`).
+    Faces are detected by default (``detector="auto"``) and each is parsed in its own crop or
+    aligned geometry (``align``, see :class:`Predictor`). An image with no face is parsed whole
+    (``no_face="whole"``, listed in :attr:`PredictReport.no_face`) or skipped and listed as failed
+    (``no_face="skip"``). Images that cannot be read are skipped and listed in
+    :attr:`PredictReport.failed`; the good images are still written. With ``skip_existing`` an image
+    whose two outputs already exist is not parsed again (listed in :attr:`PredictReport.skipped`), so
+    a rerun resumes. ``progress`` shows a tqdm bar. ``on_result(path, prediction_or_error)`` is
+    called after each image. ``model_dir`` may also be a ready :class:`Predictor`.
     """
     if not images:
         raise FaceParseError("no input images given")
     if no_face not in ("whole", "skip"):
         raise FaceParseError(f"no_face='{no_face}'; expected 'whole' or 'skip'")
-    predictor = Predictor(
-        model_dir,
-        input_size=input_size,
-        flip_tta=flip_tta,
-        detect_faces=detect_faces,
-        no_face="whole" if no_face == "whole" else "background",
-        batch_size=batch_size,
-        backend=backend,
-    )
+    if isinstance(model_dir, Predictor):
+        predictor = model_dir
+    else:
+        predictor = Predictor(
+            model_dir,
+            input_size=input_size,
+            flip_tta=flip_tta,
+            detect_faces=detect_faces,
+            no_face="whole" if no_face == "whole" else "background",
+            batch_size=batch_size,
+            backend=backend,
+            detector=detector if detect_faces else None,
+            align=align,
+            detector_weights=detector_weights,
+        )
     report = PredictReport()
-    pending: list[tuple[str, np.ndarray]] = []
+    pending: list[tuple[str, np.ndarray, str]] = []
+    stems = output_stems(images)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(images), unit="image", desc="predict")
 
     def fail(path: str, reason: Any) -> None:
         report.failed[path] = str(reason)
@@ -830,30 +869,43 @@ def predict_files(
     def flush() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NoFaceWarning)  # reported per file through the report
-            preds = predictor.predict([arr for _, arr in pending])
-        for (path, _), pred in zip(pending, preds):
+            preds = predictor.predict([arr for _, arr, _ in pending])
+        for (path, _, stem), pred in zip(pending, preds):
             if not pred.face_found:
                 if no_face == "skip":
                     fail(path, f"no face found in '{path}'")
                     continue
                 report.no_face.append(path)
             try:
-                report.written.append(write_prediction(pred, path, out_dir))
+                report.written.append(write_prediction(pred, path, out_dir, stem))
             except (FaceParseError, OSError) as exc:
                 fail(path, FaceParseError(f"cannot write the outputs of '{path}': {exc}"))
                 continue
             if on_result:
                 on_result(path, pred)
+        if bar is not None:
+            bar.update(len(pending))
         pending.clear()
 
-    for path in images:
-        try:
-            pending.append((str(path), read_image(path)))
-        except FaceParseError as exc:
-            fail(str(path), exc)
-            continue
-        if len(pending) >= predictor.batch_size:
+    try:
+        for path, stem in zip(images, stems):
+            if skip_existing and all(p.is_file() for p in output_paths(path, out_dir, stem)):
+                report.skipped.append(str(path))
+                if bar is not None:
+                    bar.update(1)
+                continue
+            try:
+                pending.append((str(path), read_image(path), stem))
+            except FaceParseError as exc:
+                fail(str(path), exc)
+                if bar is not None:
+                    bar.update(1)
+                continue
+            if len(pending) >= predictor.batch_size:
+                flush()
+        if pending:
             flush()
-    if pending:
-        flush()
+    finally:
+        if bar is not None:
+            bar.close()
     return report

@@ -1,4 +1,4 @@
-"""``faceparse predict IMAGE... --model DIR``."""
+"""``faceparse predict IMAGE|FOLDER|VIDEO... --model DIR``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from faceparse.errors import FaceParseError
 
 
 def predict_arguments(parser) -> None:
-    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        help="image files, folders of images (outputs in FOLDER/faceparse_out, resumable) or video files "
+        "(per-frame label maps + overlay video)",
+    )
     parser.add_argument("--model", required=True, help="model folder written by save_pretrained (or a .onnx file)")
     parser.add_argument("--out-dir", default=None, help="write outputs here instead of next to each image")
     parser.add_argument("--flip", action=yes_no(), default=False, help="flip test-time augmentation")
@@ -22,6 +27,35 @@ def predict_arguments(parser) -> None:
         default=True,
         help="find faces (scikit-image's offline LBP cascade) and parse each in its own crop (default: on; "
         "--no-detect-faces parses the whole image, e.g. for pre-cropped faces)",
+    )
+    parser.add_argument(
+        "--detector",
+        choices=["auto", "skimage", "opencv", "retinaface", "yunet"],
+        default="auto",
+        help="face detector (faceparse.detection): auto = scikit-image's offline LBP cascade; retinaface/yunet "
+        "need --detector-weights",
+    )
+    parser.add_argument("--detector-weights", default=None, help="local weights file for retinaface / yunet")
+    parser.add_argument(
+        "--align",
+        choices=["auto", "none", "similarity", "tanh"],
+        default="auto",
+        help="face geometry: none = square crop around the box; similarity = 5-point alignment; tanh = RoI "
+        "tanh-warp; auto = what the model records, else similarity with measured landmarks, else none "
+        "(aligned modes without measured landmarks parse twice: parse-then-align)",
+    )
+    parser.add_argument(
+        "--smooth",
+        type=float,
+        default=0.0,
+        help="videos: temporal smoothing, exponential moving average weight of past frames' probabilities "
+        "(0 = off, 0.5 = each older frame weighs half)",
+    )
+    parser.add_argument(
+        "--resume",
+        action=yes_no(),
+        default=True,
+        help="folders: skip images whose outputs already exist (default: on; --no-resume parses all again)",
     )
     parser.add_argument(
         "--no-face",
@@ -58,6 +92,8 @@ def is_s3pot_folder(model: str | Path) -> bool:
 def predict(cfg) -> int:
     """Parse images; writes <stem>_labels.png and <stem>_overlay.png next to each image (or in --out-dir).
 
+    A folder: every image directly inside it, outputs in FOLDER/faceparse_out (or --out-dir), images
+    already done skipped (--resume). A video: <stem>_labels/frame_NNNNNN.png and <stem>_overlay.mp4.
     Every readable image is written; the unreadable ones are listed and the exit status is 2.
     For an S3POT model folder (or with --occlusion) writes <stem>_occlusion.png masks instead.
     """
@@ -88,7 +124,8 @@ def predict(cfg) -> int:
                 f"{option} applies to S3POT occlusion masks, but '{cfg.model}' is not an S3POT model folder "
                 "(pass --occlusion to force it)"
             )
-    from faceparse.inference import predict_files
+    from faceparse.inference import Predictor, predict_files
+    from faceparse.media import is_video, predict_folder, predict_video
 
     def show(path: str, result: object) -> None:
         if isinstance(result, Exception):
@@ -99,25 +136,58 @@ def predict(cfg) -> int:
         if cfg.detect_faces and not result.face_found:  # type: ignore[attr-defined]
             print(f"warning: no face found in '{path}'; parsed the whole image", file=sys.stderr)
             how = "whole image"
-        print(f"{path}: {how}")
+        print(f"{path}: {how} ({result.path})")  # type: ignore[attr-defined]
 
-    report = predict_files(
+    inputs = [Path(p) for p in cfg.images]
+    folders = [p for p in inputs if p.is_dir()]
+    videos = [p for p in inputs if not p.is_dir() and is_video(p)]
+    files = [p for p in inputs if p not in folders and p not in videos]
+    predictor = Predictor(
         cfg.model,
-        cfg.images,
-        out,
-        flip_tta=cfg.flip,
         input_size=cfg.input_size,
+        flip_tta=cfg.flip,
         detect_faces=cfg.detect_faces,
-        no_face=cfg.no_face,
-        on_result=show,
+        detector=cfg.detector if cfg.detect_faces else None,
+        detector_weights=cfg.detector_weights,
+        align=cfg.align,
+        no_face="whole" if cfg.no_face == "whole" else "background",
         backend=cfg.backend,
     )
-    for labels, over in report.written:
-        print(f"wrote {labels} and {over}")
-    if report.failed:
+    failed: dict[str, str] = {}
+    total = len(files)
+    if files:
+        report = predict_files(predictor, files, out, no_face=cfg.no_face, on_result=show)
+        for labels, over in report.written:
+            print(f"wrote {labels} and {over}")
+        failed.update(report.failed)
+    for folder in folders:
+        report = predict_folder(
+            predictor, folder, out / folder.name if out and len(folders) > 1 else out, resume=cfg.resume,
+            no_face=cfg.no_face,
+        )  # fmt: skip
+        where = report.written[0][0].parent if report.written else (out or folder / "faceparse_out")
+        total += len(report.written) + len(report.failed) + len(report.skipped)
         print(
-            f"error: {len(report.failed)} of {len(cfg.images)} image(s) failed: " + ", ".join(report.failed),
-            file=sys.stderr,
+            f"{folder}: wrote {len(report.written)} image(s) to {where}; skipped {len(report.skipped)} already done"
+            + (f"; {len(report.no_face)} without a face (parsed whole)" if report.no_face else "")
+            + (f"; {len(report.failed)} unreadable: " + ", ".join(report.failed) if report.failed else "")
         )
+        failed.update(report.failed)
+    for video in videos:
+        total += 1
+        try:
+            rep = predict_video(predictor, video, out, smooth=cfg.smooth)
+        except FaceParseError as exc:
+            failed[str(video)] = str(exc)
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        paths = ", ".join(f"{k}: {v}" for k, v in rep.paths.items())
+        print(
+            f"{video}: {rep.frames} frames at {rep.frames_per_second:.1f} frames/s ({paths}); wrote "
+            f"{rep.labels_dir}/frame_*.png and {rep.overlay}"
+        )
+    if failed:
+        noun = "input(s)" if videos else "image(s)"
+        print(f"error: {len(failed)} of {total} {noun} failed: " + ", ".join(failed), file=sys.stderr)
         return 2
     return 0
