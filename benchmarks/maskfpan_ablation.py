@@ -1,4 +1,4 @@
-"""Mask-FPAN Table I ablation pattern on synthetic occluded faces with rtformer_slim.
+"""Mask-FPAN Table I ablation pattern with rtformer_slim on occluded faces (synthetic or any dataset).
 
 Rows (each SEGM run starts from the same initialisation and sees the same batches):
 
@@ -10,14 +10,19 @@ Rows (each SEGM run starts from the same initialisation and sees the same batche
 * ``+PPM+LOM+DOM``    + the semi-supervised path: faces whose occlusion is *not* labelled get
                       the DOM's occlusion mask as ``occlusion`` labels (and as regions for Eq. 2).
 
-Data: ``occluded`` synthetic faces (procedural occluders pasted on ``synthetic`` faces,
-CelebAMaskOcc-HQ style 20-class labels). ``--unlabelled-fraction`` of the training faces keep the
-face labels under their occluder (Mask-FPAN's "occluded faces without occlusion labels"); the test
-faces are all labelled. The LOM (+PPM head) and DOM are trained first on the labelled training faces.
-Reported: F1 per class (test, dataset-level), mean F1, mIoU, occlusion IoU of the ``occlusion``
-class against the true occluder mask, plus LOM/DOM diagnostics.
+Data: the ``occluded`` dataset (procedural occluders pasted on the faces of ``--base``, any registered
+dataset: ``synthetic`` by default, ``celebamask_hq`` with ``--root`` for CelebAMaskOcc-HQ-style data),
+at ``--image-size``, with CelebAMaskOcc-HQ-style labels (the base's classes + ``occlusion``).
+``--unlabelled-fraction`` of the training faces keep the face labels under their occluder (Mask-FPAN's
+"occluded faces without occlusion labels"); the test faces are all labelled. The LOM (+PPM head) and
+DOM are trained first on the labelled training faces; a base without landmarks (CelebAMask-HQ) needs
+``--lom DIR``, a LOM saved by ``faceparse fit --config maskfpan_lom_cofw`` (``--dom DIR`` likewise
+reuses a saved DOM). Reported: F1 per class (test, dataset-level), mean F1, mIoU, occlusion IoU of the
+``occlusion`` class against the true occluder mask, plus LOM/DOM diagnostics.
 
     nice -n 10 python benchmarks/maskfpan_ablation.py --out benchmarks/results/maskfpan_ablation.md
+    python benchmarks/maskfpan_ablation.py --base celebamask_hq --root /data/CelebAMask-HQ --image-size 512 \
+        --num-train 24183 --num-test 2824 --lom runs/maskfpan_lom_cofw/model --out celebamaskocc_table1.md
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import copy
 import platform
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -44,26 +50,34 @@ MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
-def load_split(split: str, n: int, size: int, seed: int, unlabelled: float) -> dict[str, torch.Tensor]:
-    """All samples of an occluded split as tensors (raw pixels; clean images from the base)."""
+def load_split(
+    split: str, n: int, size: int, seed: int, unlabelled: float, base: str = "synthetic", root: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The first ``n`` samples of an occluded split as tensors in [0, 1] (clean images from the base)."""
+    kw = {"num_samples": n} if base == "synthetic" else {"root": root}
+    if base != "synthetic" and root is None:
+        raise SystemExit(f"--base {base} needs --root (the dataset's folder)")
     ds = OccludedFaces(
-        base="synthetic", split=split, num_samples=n, image_size=size, seed=seed, unlabelled_fraction=unlabelled
+        base=base,
+        split=split,
+        image_size=size,
+        seed=seed,
+        unlabelled_fraction=unlabelled,
+        return_clean=True,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),  # the data pipeline's Normalize then gives pixels / 255
+        **kw,
     )
-    keys = {"image": [], "clean": [], "mask": [], "occlusion": [], "landmarks": [], "landmark_occluded": []}
-    keys.update({"face_box": [], "labelled": []})
+    n = min(n, len(ds))
+    keys = ("image", "clean", "mask", "occlusion", "landmarks", "landmark_occluded", "face_box")
+    cols: dict[str, list] = {k: [] for k in (*keys, "labelled")}
     for i in range(n):
-        raw = ds.load_raw(i)
-        keys["image"].append(raw["image"])
-        keys["clean"].append(ds.base.load_raw(i)["image"])
-        keys["mask"].append(raw["mask"].astype(np.int64))
-        keys["occlusion"].append(raw["occlusion"].astype(np.int64))
-        keys["landmarks"].append(raw["landmarks"])
-        keys["landmark_occluded"].append(raw["landmark_occluded"])
-        keys["face_box"].append(raw["face_box"])
-        keys["labelled"].append(raw["meta"]["occlusion_labelled"])
-    out = {k: torch.as_tensor(np.stack(v)) for k, v in keys.items()}
-    for k in ("image", "clean"):
-        out[k] = out[k].permute(0, 3, 1, 2).float() / 255.0
+        sample = ds[i]
+        for k in keys:
+            cols[k].append(sample.get(k))
+        cols["labelled"].append(sample["meta"]["occlusion_labelled"])
+    out = {k: torch.stack(v) for k, v in cols.items() if k != "labelled" and all(x is not None for x in v)}
+    out["labelled"] = torch.tensor(cols["labelled"])
     out["label_set"] = ds.label_set
     return out
 
@@ -85,7 +99,7 @@ def batches(n: int, batch_size: int, steps: int, seed: int) -> list[torch.Tensor
 
 def train_lom(train: dict, idx: torch.Tensor, steps: int, bs: int, lr: float, seed: int) -> LandmarkOcclusionNet:
     torch.manual_seed(seed)
-    model = LandmarkOcclusionNet(num_landmarks=5, input_size=train["image"].shape[-1])
+    model = LandmarkOcclusionNet(num_landmarks=train["landmarks"].shape[1], input_size=train["image"].shape[-1])
     loss_fn = LandmarkOcclusionLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -172,6 +186,12 @@ def evaluate(model: torch.nn.Module, test: dict, label_set) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", default="synthetic", help="any registered dataset with masks (the faces to occlude)")
+    ap.add_argument("--root", default=None, help="the base dataset's folder (synthetic needs none)")
+    ap.add_argument(
+        "--lom", default=None, help="saved LOM folder to use instead of training one (needed without landmarks)"
+    )
+    ap.add_argument("--dom", default=None, help="saved DOM folder to use instead of training one")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--num-train", type=int, default=320)
     ap.add_argument("--num-test", type=int, default=96)
@@ -193,8 +213,10 @@ def main() -> None:
     t_all = time.time()
     s = args.image_size
 
-    train = load_split("train", args.num_train, s, args.seed, args.unlabelled_fraction)
-    test = load_split("test", args.num_test, s, args.seed + 100, 0.0)
+    train = load_split("train", args.num_train, s, args.seed, args.unlabelled_fraction, args.base, args.root)
+    test = load_split("test", args.num_test, s, args.seed + 100, 0.0, args.base, args.root)
+    args.num_train, args.num_test = len(train["image"]), len(test["image"])
+    has_landmarks = "landmarks" in train and "landmark_occluded" in train
     ls = train.pop("label_set")
     test.pop("label_set")
     occ_id = ls.index("occlusion")
@@ -202,22 +224,46 @@ def main() -> None:
     unlabelled = torch.nonzero(~train["labelled"]).flatten()
     print(f"train {args.num_train} ({len(unlabelled)} with unlabelled occlusion), test {args.num_test}")
 
-    # ---- LOM + PPM head, trained on the labelled faces
+    # ---- LOM + PPM head, trained on the labelled faces (or loaded from --lom)
     t0 = time.time()
-    lom = train_lom(train, labelled, args.lom_steps, 16, 3e-3, args.seed)
-    lom_pred = predict_in_chunks(lambda x: lom.predict(norm(x)), train["image"])
-    test_lom = predict_in_chunks(lambda x: lom.predict(norm(x)), test["image"])
-    nme = ((test_lom["landmarks"] - test["landmarks"]).norm(dim=-1).mean() / float(np.hypot(s, s))).item()
-    flag_acc = (test_lom["landmark_occluded"] == test["landmark_occluded"]).float().mean().item()
-    flag_base = (~test["landmark_occluded"]).float().mean().item()
-    test_pose = add_pose_targets({"image": test["image"], "landmarks": test["landmarks"]})["pose"]
-    pose_mae = (test_lom["pose"] - test_pose).abs().mean().item()
+    if args.lom:
+        lom = faceparse.load_model(args.lom)
+        lom_size = int(lom.input_size)
+    elif has_landmarks:
+        lom = train_lom(train, labelled, args.lom_steps, 16, 3e-3, args.seed)
+        lom_size = s
+    else:
+        raise SystemExit(
+            f"--base {args.base} has no landmarks to train a LOM on: pass --lom DIR "
+            "(e.g. from faceparse fit --config maskfpan_lom_cofw)"
+        )
+
+    def lom_predict(x: torch.Tensor) -> dict:
+        small = F.interpolate(x, size=(lom_size, lom_size), mode="bilinear", align_corners=False)
+        out = lom.predict(norm(small))
+        out["landmarks"] = out["landmarks"] * (s - 1) / max(lom_size - 1, 1)
+        return out
+
+    lom_pred = predict_in_chunks(lom_predict, train["image"])
+    test_lom = predict_in_chunks(lom_predict, test["image"])
+    lom_note = f"loaded from `{args.lom}`" if args.lom else f"{args.lom_steps} steps on the labelled faces"
+    nme = flag_acc = flag_base = pose_mae = float("nan")
+    if has_landmarks and test_lom["landmarks"].shape[1] == test["landmarks"].shape[1]:
+        nme = ((test_lom["landmarks"] - test["landmarks"]).norm(dim=-1).mean() / float(np.hypot(s, s))).item()
+        flag_acc = (test_lom["landmark_occluded"] == test["landmark_occluded"]).float().mean().item()
+        flag_base = (~test["landmark_occluded"]).float().mean().item()
+        test_pose = add_pose_targets({"image": test["image"], "landmarks": test["landmarks"]})["pose"]
+        pose_mae = (test_lom["pose"] - test_pose).abs().mean().item()
     t_lom = time.time() - t0
     print(f"LOM: NME {nme:.4f}, flag acc {flag_acc:.3f} (all-visible {flag_base:.3f}), pose MAE {pose_mae:.2f} deg")
 
     # ---- DOM, trained on labelled occluded/clean pairs
     t0 = time.time()
-    dom = train_dom(train, labelled, args.dom_steps, 16, 5e-3, args.seed, args.dom_size)
+    if args.dom:
+        dom = faceparse.load_model(args.dom)
+        args.dom_size = int(dom.image_size)
+    else:
+        dom = train_dom(train, labelled, args.dom_steps, 16, 5e-3, args.seed, args.dom_size)
     dom_test = predict_in_chunks(lambda x: dom.predict_occlusion(x, size=(s, s)), test["image"])
     dom_iou = OcclusionIoU()
     dom_iou.update(dom_test, test["occlusion"])
@@ -237,9 +283,10 @@ def main() -> None:
         **ppm_extra,
         "landmarks": lom_pred["landmarks"],
         "landmark_occluded": lom_pred["landmark_occluded"],
-        "face_box": train["face_box"],
         "occlusion": train["occlusion"] * lab_f,  # only labelled occlusion is known
     }
+    if "face_box" in train:
+        lom_extra["face_box"] = train["face_box"]
     dom_mask = train["mask"].clone()
     relabel = (dom_train > 0) & (lab_f == 0)
     dom_mask[relabel] = occ_id
@@ -258,23 +305,22 @@ def main() -> None:
             OcclusionWeightedCE(lambda_occ=args.lambda_occ, lambda_pose=args.lambda_pose),
             dom_extra,
         ),
-        "wce_oracle": (
+    }
+    if has_landmarks:
+        oracle = {k: train[k] for k in ("landmarks", "landmark_occluded", "face_box") if k in train}
+        rows["wce_oracle"] = (
             "SEGM + weighted CE (true landmarks/flags/regions)",
             OcclusionWeightedCE(lambda_occ=args.lambda_occ, lambda_pose=0.0),
-            {
-                **base_extra,
-                "landmarks": train["landmarks"],
-                "landmark_occluded": train["landmark_occluded"],
-                "face_box": train["face_box"],
-                "occlusion": train["occlusion"] * lab_f,
-            },
-        ),
-    }
+            {**base_extra, **oracle, "occlusion": train["occlusion"] * lab_f},
+        )
     torch.manual_seed(args.seed)
     init = faceparse.build_model("rtformer_slim", label_set=ls, input_size=s)
     plan = batches(args.num_train, args.batch_size, args.steps, args.seed + 2)
     results, times = {}, {}
     for key in args.rows.split(","):
+        if key not in rows:
+            print(f"row {key} skipped (needs the base's true landmarks)")
+            continue
         name, loss_fn, extra = rows[key]
         t0 = time.time()
         torch.manual_seed(args.seed + 3)
@@ -291,9 +337,9 @@ def main() -> None:
     # ---- report
     names = list(results)
     lines = [
-        "# Mask-FPAN ablation (Table I pattern) on synthetic occluded faces",
+        f"# Mask-FPAN ablation (Table I pattern) on occluded `{args.base}` faces",
         "",
-        f"Date: 2026-11-22. Machine: {platform.machine()} 2-core CPU, no GPU, shared with other jobs. "
+        f"Date: {date.today().isoformat()}. Machine: {platform.machine()} 2-core CPU, no GPU, shared with other jobs. "
         f"torch {torch.__version__}, {args.threads} threads. Total time {time.time() - t_all:.0f} s.",
         "",
         "Command: `"
@@ -307,16 +353,16 @@ def main() -> None:
         )
         + "` (other options at their defaults)",
         "",
-        f"Setup: rtformer_slim (random init), {s}x{s} `occluded` synthetic faces (label set `{ls.name}`, "
+        f"Setup: rtformer_slim (random init), {s}x{s} `occluded` `{args.base}` faces (label set `{ls.name}`, "
         f"{ls.num_classes} classes), {args.num_train} training faces of which {len(unlabelled)} have "
         f"unlabelled occlusion, {args.num_test} test faces (all labelled); {args.steps} steps of batch "
         f"{args.batch_size}, AdamW lr {args.lr} one-cycle, same initialisation and batches for every row. "
         f"Eq. 2 constants: lambda_occ {args.lambda_occ}, lambda_pose {args.lambda_pose}, sigma 0.1 x face box.",
         "",
-        f"LOM (+PPM head; {args.lom_steps} steps on the labelled faces): test landmark NME "
+        f"LOM (+PPM head; {lom_note}): test landmark NME "
         f"{nme:.4f} (/ image diagonal), occlusion-flag accuracy {100 * flag_acc:.1f} % "
         f"(all-visible guess {100 * flag_base:.1f} %), pose MAE vs solvePnP {pose_mae:.2f} deg ({t_lom:.0f} s).",
-        f"DOM ({args.dom_steps} steps at {args.dom_size} px): occlusion IoU {100 * dom_iou:.1f} on test faces, "
+        f"DOM ({f'loaded from `{args.dom}`' if args.dom else f'{args.dom_steps} steps'} at {args.dom_size} px): occlusion IoU {100 * dom_iou:.1f} on test faces, "
         f"{100 * dom_unl_iou:.1f} on the unlabelled training faces it relabels ({t_dom:.0f} s).",
         "",
         "## Summary (test set, %)",

@@ -119,7 +119,7 @@ def to_tensor_sample(sample: dict[str, Any]) -> dict[str, Any]:
     """numpy sample (image H x W x 3 float) -> tensors (image 3 x H x W float32, mask int64...)."""
     out: dict[str, Any] = {}
     for key, value in sample.items():
-        if key == "image":
+        if key in ("image", "clean"):  # clean: the occlusion-free face of an occlusion pair
             arr = np.asarray(value, dtype=np.float32)
             out[key] = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
         elif key in _TENSOR_DTYPES:

@@ -396,6 +396,9 @@ class OccludedFaces(FaceDataset):
             (and ``split``/extra keyword arguments) are also passed to ``base`` when built by name.
         seed: occlusion seed.
         unlabelled_fraction: fraction of items whose occlusion is left unlabelled.
+        return_clean: also return the face before the occluders were pasted as ``clean`` (3 x H x W,
+            transformed and normalised exactly like ``image``): the (occluded, clean) pairs that
+            train Mask-FPAN's de-occlusion module (Eq. 1).
         label_mode, kinds, kind_weights, occluder_dir, num_occluders, p, scale, rotate, aspect,
             erode, blur, remove_to: see :class:`OcclusionSynthesis`.
         **kwargs: any other keyword is passed to the base dataset's constructor.
@@ -412,6 +415,7 @@ class OccludedFaces(FaceDataset):
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
         unlabelled_fraction: float = 0.0,
+        return_clean: bool = False,
         label_mode: str = "class",
         kinds: Sequence[str] = PROCEDURAL_KINDS,
         kind_weights: Sequence[float] | None = None,
@@ -438,6 +442,7 @@ class OccludedFaces(FaceDataset):
         self.base = base
         self.seed, self.epoch = int(seed), 0
         self.unlabelled_fraction = float(unlabelled_fraction)
+        self.return_clean = bool(return_clean)
         synth = {
             "label_mode": label_mode,
             "kinds": kinds,
@@ -483,6 +488,9 @@ class OccludedFaces(FaceDataset):
                 out["mask"] = self._lut[out["mask"].astype(np.int64)].astype(np.uint8)
         if "labels" in out and out.get("mask") is not None:
             out["labels"] = self.labels_from_mask(out["mask"], self.label_set.num_classes)
+        if self.return_clean:
+            clean = np.asarray(raw["image"])
+            out["clean"] = np.repeat(clean[..., None], 3, axis=2) if clean.ndim == 2 else clean
         meta = dict(out.get("meta", {}))
         meta["occlusion_labelled"] = labelled
         out["meta"] = meta

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 # Keys holding per-pixel integer maps that follow the image geometrically (nearest neighbour).
 _MAP_KEYS = ("occlusion", "superpixels", "blobs")
+# Keys holding a second RGB image of the same face (``clean``: the occlusion-free face of a synthetic
+# occlusion pair, Mask-FPAN's DOM target); it gets every transform of ``image``, colour and
+# normalisation included, with the same random draws.
+_IMAGE_KEYS = ("clean",)
 
 FIVE_POINT_FLIP = np.array([1, 0, 2, 4, 3])  # eyes and mouth corners swap, nose stays
 
@@ -41,6 +45,9 @@ def flip_sample(sample: dict[str, Any], label_lut: np.ndarray, landmark_flip: Se
     out = dict(sample)
     w = sample["image"].shape[1]
     out["image"] = np.ascontiguousarray(sample["image"][:, ::-1])
+    for key in _IMAGE_KEYS:
+        if key in sample:
+            out[key] = np.ascontiguousarray(sample[key][:, ::-1])
     if "mask" in sample:
         out["mask"] = np.ascontiguousarray(label_lut[sample["mask"][:, ::-1].astype(np.int64)]).astype(
             sample["mask"].dtype
@@ -113,6 +120,9 @@ class FaceTransform:
         for key in _MAP_KEYS:
             if key in sample:
                 args[key] = sample[key]
+        for key in _IMAGE_KEYS:
+            if key in sample:
+                args[key] = sample[key] if sample[key].ndim == 3 else np.repeat(sample[key][..., None], 3, axis=2)
         points = np.zeros((0, 2), np.float32)
         n_lmk = 0
         if "landmarks" in sample:
@@ -127,7 +137,7 @@ class FaceTransform:
         out["image"] = res["image"]
         if mask is not None:
             out["mask"] = res["mask"]
-        for key in _MAP_KEYS:
+        for key in _MAP_KEYS + _IMAGE_KEYS:
             if key in sample:
                 out[key] = res[key]
         kp = np.asarray(res["keypoints"], np.float32).reshape(-1, 2)
@@ -181,7 +191,7 @@ def build_transforms(
     pipeline = A.Compose(
         ops,
         keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
-        additional_targets={k: "mask" for k in _MAP_KEYS},
+        additional_targets={**{k: "mask" for k in _MAP_KEYS}, **{k: "image" for k in _IMAGE_KEYS}},
     )
     face_flip = FaceFlip(label_set, landmark_flip, p=0.5) if train and flip else None
     return FaceTransform(pipeline, face_flip)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from faceparse.models.base import PretrainedModule
 from faceparse.registry import AUX_MODELS
 
 
@@ -81,12 +82,13 @@ class SpatialLSTM(nn.Module):
         return torch.stack([hs[i][j] for i in range(grid) for j in range(grid)], dim=1)
 
 
-class DeOcclusionNet(nn.Module):
+class DeOcclusionNet(PretrainedModule):
     """Robust LSTM auto-encoder with a parallel occlusion branch (Mask-FPAN DOM).
 
     ``forward(x)`` with ``x`` B x 3 x S x S in [0, 1] (S = ``image_size``; other sizes are resized)
     returns ``{"output": (1 - p) x + p rec, "reconstruction": rec, "occlusion_logits": B x 1 x S x S,
-    "occlusion_prob": p}``.
+    "occlusion_prob": p}``. ``save_pretrained(dir)`` / ``faceparse.load_model(dir)`` round-trip it as
+    config.json + model.safetensors.
 
     Args:
         image_size: working resolution S (divisible by every grid).

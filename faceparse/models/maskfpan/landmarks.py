@@ -28,14 +28,17 @@ import torch
 from torch import nn
 
 from faceparse.images import IMAGENET_MEAN, IMAGENET_STD
+from faceparse.models.base import PretrainedModule
 from faceparse.registry import AUX_MODELS
 
 
-class LandmarkOcclusionNet(nn.Module):
+class LandmarkOcclusionNet(PretrainedModule):
     """PFLD-like landmark + occlusion + pose network (Mask-FPAN LOM + PPM).
 
     ``forward(x)`` returns ``{"landmarks": B x N x 2 in [0, 1] (x, y relative to the input),
-    "occlusion_logits": B x N, "pose": B x 3 degrees (yaw, pitch, roll)}``.
+    "occlusion_logits": B x N, "pose": B x 3 degrees (yaw, pitch, roll)}``. Saves and loads like a
+    zoo model: ``save_pretrained(dir)`` writes config.json + model.safetensors, ``faceparse.load_model(dir)``
+    rebuilds it (``pretrained`` is not saved: the loaded weights come from the folder).
 
     Args:
         num_landmarks: N (5 for the 5-point scheme, 29 for COFW).

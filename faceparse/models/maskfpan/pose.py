@@ -81,7 +81,8 @@ def head_pose_from_landmarks(
     """(yaw, pitch, roll) in degrees of a face from its 2D landmarks (``cv2.solvePnP``).
 
     Args:
-        landmarks: N x 2 pixel coordinates (5-point scheme by default; 68 points are reduced to 5).
+        landmarks: N x 2 pixel coordinates (5-point scheme by default; 68 iBUG and 29 COFW points are
+            reduced to 5).
         image_size: (height, width) of the image the landmarks live in.
         model_points: N x 3 generic 3D face matching ``landmarks`` (default :data:`GENERIC_FACE_5`).
     """
@@ -89,9 +90,13 @@ def head_pose_from_landmarks(
     if model_points is None:
         if len(pts) == 68:
             pts = five_from_68(pts)
+        elif len(pts) == 29:  # COFW: pupils, nose tip and mouth corners
+            from faceparse.data.cofw import cofw_five_points
+
+            pts = cofw_five_points(pts).astype(np.float64)
         if len(pts) != 5:
             raise FaceParseError(
-                f"head_pose_from_landmarks needs 5 (or 68) landmarks with the generic face; got {len(pts)}: "
+                f"head_pose_from_landmarks needs 5 (or 68 iBUG, 29 COFW) landmarks with the generic face; got {len(pts)}: "
                 "pass model_points (N x 3) for other schemes"
             )
         model = GENERIC_FACE_5
@@ -124,8 +129,8 @@ def project_generic_face(
 
 
 def add_pose_targets(batch: dict[str, Any]) -> dict[str, Any]:
-    """Add ``pose`` (B x 3, degrees) from the batch's 5-point landmarks with solvePnP (PPM)."""
-    if "pose" in batch or "landmarks" not in batch or batch["landmarks"].shape[1] not in (5, 68):
+    """Add ``pose`` (B x 3, degrees) from the batch's 5 (or 68, 29) landmarks with solvePnP (PPM)."""
+    if "pose" in batch or "landmarks" not in batch or batch["landmarks"].shape[1] not in (5, 29, 68):
         return batch
     size = tuple(batch["image"].shape[-2:])
     poses = [head_pose_from_landmarks(lm.cpu().numpy(), size) for lm in batch["landmarks"]]
