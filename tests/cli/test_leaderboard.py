@@ -242,3 +242,31 @@ def test_leaderboard_missing_model_folder(world, capsys, tmp_path):
     status = main(["leaderboard", "--models", str(tmp_path / "nope"), "--dataset", "synthetic"])
     err = capsys.readouterr().err
     assert status == 2 and "nope': the folder does not exist" in err
+
+
+def test_leaderboard_converted_bisenet(world, capsys, tmp_path):
+    """A converted community checkpoint (BiSeNet in its release's key names and class order) in the table."""
+    from faceparse.models.bisenet import convert_bisenet
+
+    torch.manual_seed(3)
+    release = faceparse.build_model("bisenet")  # random weights, saved as the release distributes them
+    torch.save(release.state_dict(), tmp_path / "79999_iter.pth")
+    convert_bisenet(tmp_path / "79999_iter.pth", tmp_path / "bisenet")
+    assert faceparse.load_model(tmp_path / "bisenet").label_set.name == "celebamask_hq_bisenet"
+
+    out = tmp_path / "board.md"
+    args = ["leaderboard", "--models", str(tmp_path / "bisenet"), "--dataset"]
+    args += [f"{n}:{r}" for n, r in world["datasets"].items()] + ["--out", str(out)]
+    capsys.readouterr()
+    assert main(args) == 0
+    head, rows = _table(out.read_text())
+    assert [(r[0], r[1]) for r in rows] == [("bisenet", "celebamask_hq"), ("bisenet", "lapa")]
+    classes = [h.removeprefix("F1 ") for h in head[6:]]
+    # BiSeNet's 18 classes, in another order, are CelebAMask-HQ's by name
+    assert set(classes) == set(get_label_set("celebamask_hq").classes[1:])
+    for r in rows:
+        ev = _evaluate_cli(capsys, str(tmp_path / "bisenet"), r[1], world["datasets"][r[1]], 512)
+        assert (r[4], r[5]) == (ev["mean F1 (no bg)"], ev["mIoU (with bg)"])
+        for i, c in enumerate(classes):
+            if r[6 + i] != "":
+                assert r[6 + i].replace("n/a", "nan") == ev[c], (r[1], c)
