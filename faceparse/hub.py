@@ -61,11 +61,10 @@ def _hf():
 
 
 def offline() -> bool:
-    """``HF_HUB_OFFLINE`` as set now (huggingface_hub itself reads it once, at import)."""
-    value = os.environ.get("HF_HUB_OFFLINE")
-    if value is not None:
-        return value.strip().lower() in _TRUE
-    return bool(_hf().constants.HF_HUB_OFFLINE)
+    """Whether ``HF_HUB_OFFLINE`` is set now, or was when huggingface_hub was imported (it reads the
+    variable once, then refuses every request)."""
+    value = os.environ.get("HF_HUB_OFFLINE") or ""
+    return value.strip().lower() in _TRUE or bool(_hf().constants.HF_HUB_OFFLINE)
 
 
 def _endpoint(endpoint: str | None) -> str:
