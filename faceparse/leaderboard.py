@@ -10,10 +10,9 @@ normalisation (``model.default_input_size``, ``input_mean`` / ``input_std`` from
 
 - ``celebamask_hq``: the whole image resized to the model's input size, scored against the label map
   resized (nearest) to that size, as SegFace and FaRL score CelebAMask-HQ (512 x 512 labels).
-- ``lapa``: 5-point alignment to the model's input size, logits warped back onto the original image
-  and scored there (FaRL / SegFace align LaPa faces and warp logits back). faceparse aligns with a
-  similarity transform (:mod:`faceparse.data.align`); the RoI tanh-warp those papers use is not in
-  faceparse yet, so LaPa figures of tanh-warp models come out somewhat lower than published.
+- ``lapa``: the RoI tanh-warp from the five landmarks (warp factor 0.8, :mod:`faceparse.data.tanh_warp`)
+  to the model's input size, logits warped back onto the original image and scored there, as FaRL
+  and SegFace score LaPa.
 - ``helen``: the whole image resized to the model's input size, logits resized back and scored at
   the original resolution (works for both the SmithCVPR2013 and the HELEN* layouts).
 - any other registered dataset: resized to the model's input size and scored at that size.
@@ -60,7 +59,7 @@ CACHE_VERSION = 1
 class Protocol:
     """How one dataset is scored: alignment, resolution at which predictions are scored, flip TTA."""
 
-    align: bool = False
+    align: bool | str = False  # False, True / "similarity" or "tanh" (faceparse.data.align.ALIGN_MODES)
     original_resolution: bool = False
     flip_tta: bool = False
     note: str = "resized to the model's input size, scored at that size"
@@ -69,9 +68,9 @@ class Protocol:
 PROTOCOLS: dict[str, Protocol] = {
     "celebamask_hq": Protocol(note="whole image resized to the model's input size, labels resized (nearest)"),
     "lapa": Protocol(
-        align=True,
+        align="tanh",
         original_resolution=True,
-        note="5-point similarity alignment, logits warped back, scored at the original resolution",
+        note="RoI tanh-warp from 5 landmarks, logits warped back, scored at the original resolution",
     ),
     "helen": Protocol(
         original_resolution=True, note="whole image resized to the model's input size, scored at original resolution"
@@ -183,7 +182,7 @@ def _score(model: Any, name: str, root: str | None, split: str, limit, proto: Pr
     if root is not None:
         kwargs["root"] = root
     if proto.align:
-        kwargs["align"] = True
+        kwargs["align"] = proto.align
     ds = build_dataset(name, **kwargs)
     return evaluate(
         model,

@@ -25,8 +25,8 @@ def leaderboard(cfg) -> None:
     """Score every model folder on every dataset under the dataset's protocol; one table.
 
     Each (model, dataset) cell is scored with the machinery of faceparse evaluate: labels mapped by
-    class name, dataset-level mean F1 without background, mIoU, per-class F1 (in %). LaPa: 5-point
-    alignment, scored at the original resolution; Helen: scored at the original resolution;
+    class name, dataset-level mean F1 without background, mIoU, per-class F1 (in %). LaPa: RoI
+    tanh-warp from 5 landmarks, scored at the original resolution; Helen: scored at the original resolution;
     CelebAMask-HQ and others: at the model's input size. Finished cells are kept in the cache
     folder, so a rerun skips them and an interrupted run resumes.
     Example: faceparse leaderboard --models runs/a runs/b --dataset lapa:/data/LaPa helen:/data/helen --out board.md

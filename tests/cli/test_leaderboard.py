@@ -1,7 +1,8 @@
 """`faceparse leaderboard`: two tiny saved models x two fixture datasets, end to end.
 
 Checked: the table has one row per (model, dataset) cell; each cell's figures equal what
-`faceparse evaluate` prints for the same model, dataset and protocol; one cell recomputed by hand
+`faceparse evaluate` prints for the same model, dataset and protocol (LaPa's tanh-warp protocol:
+``faceparse.evaluate.evaluate`` on a dataset built here); one cell recomputed by hand
 (model run here, labels mapped by name, F1 from counts); the CSV; a rerun reads every cell from the
 cache (the scorer is made to fail, cache files stay byte- and mtime-identical); a deleted cell is
 rescored alone; changed weights invalidate that model's cells; bad NAME:ROOT specs are clear errors.
@@ -55,11 +56,27 @@ def _table(text: str) -> tuple[list[str], list[list[str]]]:
 
 
 def _evaluate_cli(capsys, model: str, dataset: str, root: str, size: int) -> dict[str, str]:
-    """What `faceparse evaluate` prints for one cell: class or summary name -> F1 / mIoU text."""
+    """The same cell scored apart from the leaderboard: class or summary name -> F1 / mIoU text (in %).
+
+    CelebAMask-HQ: what `faceparse evaluate` prints. LaPa: its protocol is the RoI tanh-warp, which
+    `faceparse evaluate --align` (similarity only) cannot ask for, so the dataset is built here with
+    ``align="tanh"`` and scored with ``faceparse.evaluate.evaluate`` at the original resolution.
+    """
+    if dataset == "lapa":
+        net = faceparse.load_model(model)
+        ds = faceparse.build_dataset(
+            "lapa", root=root, split="test", image_size=size, mean=tuple(net.input_mean), std=tuple(net.input_std),
+            align="tanh",
+        )  # fmt: skip
+        res = faceparse.evaluate.evaluate(net, ds, original_resolution=True)
+        pct = lambda v: "nan" if np.isnan(v) else f"{100 * v:.2f}"
+        return {
+            "mean F1 (no bg)": pct(res["mean_f1"]),
+            "mIoU (with bg)": pct(res["miou"]),
+            **{c: pct(v) for c, v in res["f1"].items()},
+        }
     args = ["evaluate", "--model", model, "--dataset", dataset, "--root", root, "--split", "test"]
     args += ["--image-size", str(size)]
-    if dataset == "lapa":  # the LaPa protocol: aligned, scored at the original resolution
-        args += ["--align", "--original-resolution"]
     capsys.readouterr()
     assert main(args) == 0
     out = capsys.readouterr().out
