@@ -168,17 +168,20 @@ def _build_mit(
         drop_rate=0.0,
         drop_path_rate=float(drop_path_rate),
     )
-    if _default_device().type == "meta":
-        # smp's constructor calls .item() on a linspace, which a meta tensor refuses: build on the CPU
-        # and move (only model_info's meta-device parameter count gets here).
-        with torch.device("cpu"):
-            return MixVisionTransformerEncoder(**kwargs).to("meta")
-    return MixVisionTransformerEncoder(**kwargs)
+    with _LinspaceOnCPU():
+        return MixVisionTransformerEncoder(**kwargs)
 
 
-def _default_device() -> torch.device:
-    getter = getattr(torch, "get_default_device", None)
-    return getter() if getter else torch.empty(0).device
+class _LinspaceOnCPU(torch.overrides.TorchFunctionMode):
+    """Create ``torch.linspace`` tensors on the CPU: smp's MiT constructor calls ``.item()`` on its
+    drop-path linspace, which a meta tensor refuses (``model_info`` builds on the meta device).
+    Hand-written: a one-function override; every other tensor keeps the default device."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = dict(kwargs or {})
+        if func is torch.linspace:
+            kwargs["device"] = "cpu"
+        return func(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------- registry
