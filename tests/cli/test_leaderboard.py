@@ -287,3 +287,13 @@ def test_leaderboard_converted_bisenet(world, capsys, tmp_path):
         for i, c in enumerate(classes):
             if r[6 + i] != "":
                 assert r[6 + i].replace("n/a", "nan") == ev[c], (r[1], c)
+
+
+def test_leaderboard_folder_of_another_dataset_names_the_cell(world, capsys, tmp_path):
+    # the CelebAMask-HQ tree given as LaPa: the adapter's message, prefixed by the cell, and no cell cached
+    spec = f"lapa:{world['datasets']['celebamask_hq']}"
+    status = main(["leaderboard", "--models", world["models"][0], "--dataset", spec, "--cache", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert f"unet_celeb on lapa ({world['datasets']['celebamask_hq']}): LaPa split 'test'" in err, err
+    assert list((tmp_path / "c").glob("*.json")) == []
