@@ -7,7 +7,9 @@ then reads the shared settings from there:
 - ``optimizer``: ``adamw`` (default), ``adam`` or ``sgd`` (momentum 0.9);
 - ``lr``, ``weight_decay``;
 - ``scheduler``: ``cosine`` (linear warmup over ``warmup_steps`` then cosine to zero over the run,
-  :func:`cosine_with_warmup`), ``multistep`` (``milestones`` in epochs x ``gamma``) or ``none``;
+  :func:`cosine_with_warmup`), ``multistep`` (``milestones`` in epochs x ``gamma``), ``plateau``
+  (torch's ``ReduceLROnPlateau`` on the logged metric ``monitor``, ``monitor_mode`` max/min, lr x
+  ``gamma`` after ``patience`` epochs without gain, down to ``min_lr``) or ``none``;
   which of them a task accepts is its ``schedulers`` attribute, and whether the cosine steps per
   optimiser step or per epoch is its ``scheduler_interval``.
 
@@ -146,6 +148,16 @@ class BaseTask(pl.LightningModule):
                 return opt
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones), gamma=hp.gamma)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if scheduler == "plateau":  # Lightning steps it after validation, on the logged `monitor`
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt,
+                mode=hp.get("monitor_mode", "max"),
+                factor=hp.get("gamma", 0.1),
+                patience=hp.get("patience", 5),
+                min_lr=hp.get("min_lr", 0.0),
+            )
+            monitor = hp.get("monitor", "val/rec_all")
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch", "monitor": monitor}}
         sched = cosine_with_warmup(opt, self.scheduler_total(), hp.get("warmup_steps", 0))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": self.scheduler_interval}}
 

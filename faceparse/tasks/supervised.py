@@ -25,10 +25,12 @@ class SegmentationTask(BaseTask):
         lr, weight_decay: optimiser settings (SegFace: AdamW, 1e-4, 1e-5).
         optimizer: ``adamw``, ``adam`` or ``sgd`` (see :mod:`faceparse.tasks.base`).
         scheduler: ``multistep`` (epochs in ``milestones`` x ``gamma``), ``cosine`` (per step, with
-            ``warmup_steps``) or ``none``.
+            ``warmup_steps``), ``plateau`` (lr x ``gamma`` when the logged ``monitor``, e.g.
+            ``val/rec_all`` = mean recall as in Masi et al. 2020 §4, stops improving for ``patience``
+            epochs, down to ``min_lr``; ``monitor_mode`` ``max`` or ``min``) or ``none``.
     """
 
-    schedulers = ("multistep", "cosine", "none")
+    schedulers = ("multistep", "cosine", "plateau", "none")
 
     def __init__(
         self,
@@ -44,6 +46,10 @@ class SegmentationTask(BaseTask):
         gamma: float = 0.1,
         warmup_steps: int = 0,
         optimizer: str = "adamw",
+        monitor: str = "val/rec_all",
+        monitor_mode: str = "max",
+        patience: int = 5,
+        min_lr: float = 0.0,
     ) -> None:
         super().__init__(ignore=[k for k, v in (("model", model), ("loss", loss)) if isinstance(v, nn.Module)])
         self.label_set = get_label_set(label_set)
@@ -76,7 +82,9 @@ class SegmentationTask(BaseTask):
     def _eval_end(self, metrics: FaceParsingMetrics, prefix: str) -> None:
         result = metrics.compute()
         metrics.reset()
-        self.log_results(prefix, result, log=("mean_f1", "miou", "pixel_acc"), prog_bar="mean_f1", per_class="f1")
+        self.log_results(
+            prefix, result, log=("mean_f1", "miou", "pixel_acc", "rec_all"), prog_bar="mean_f1", per_class="f1"
+        )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
