@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 _MAP_KEYS = ("occlusion", "superpixels", "blobs")
 # Keys holding a second RGB image of the same face (``clean``: the occlusion-free face of a synthetic
 # occlusion pair, Mask-FPAN's DOM target); it gets every transform of ``image``, colour and
-# normalisation included, with the same random draws.
+# normalisation included, with the same random draws (colour jitter's contrast step mixes in each
+# image's own mean, so there the two differ slightly even where they agreed before).
 _IMAGE_KEYS = ("clean",)
 
 FIVE_POINT_FLIP = np.array([1, 0, 2, 4, 3])  # eyes and mouth corners swap, nose stays
