@@ -169,7 +169,7 @@ def default_cache_dir(out: str | os.PathLike | None, csv_path: str | os.PathLike
 
 
 # ---------------------------------------------------------------------------- scoring
-def _score(model: Any, name: str, root: str | None, split: str, limit, proto: Protocol, batch_size, device):
+def _score(model: Any, name: str, root: str | None, split: str, limit, proto: Protocol, batch_size, device, progress):
     from faceparse import build_dataset
     from faceparse.evaluate import evaluate
 
@@ -192,6 +192,7 @@ def _score(model: Any, name: str, root: str | None, split: str, limit, proto: Pr
         original_resolution=proto.original_resolution,
         device=device,
         limit=limit,
+        progress=progress,  # a second bar for the faces of the cell being scored
     )
 
 
@@ -264,7 +265,7 @@ def run(
                 loaded[i] = load_model(folder, map_location=device)
             model = loaded[i]
             try:
-                res = _score(model, name, root, split, limit, proto, batch_size, device)
+                res = _score(model, name, root, split, limit, proto, batch_size, device, progress)
             except FaceParseError as exc:
                 raise FaceParseError(f"{folder.name} on {name} ({root or 'no root'}): {exc}") from exc
             background = _background(res["label_set"])
