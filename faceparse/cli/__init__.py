@@ -81,6 +81,9 @@ COMMANDS: dict[str, Command] = {
     "pseudo-labels cam": Command(
         "faceparse.cli.pseudo_labels", "cam", "FCAM pseudo masks from a trained MCT-ViT (DisFaceRep)"
     ),
+    "pseudo-labels score": Command(
+        "faceparse.cli.pseudo_labels", "score", "pseudo-mask mean F1 / mIoU against a dataset's true masks (DisFaceRep)"
+    ),
     "pseudo-labels occlusion": Command(
         "faceparse.cli.pseudo_labels", "occlusion", "occlusion pseudo-labels (Structure via Consensus, Sec. 3.1)"
     ),

@@ -23,6 +23,17 @@ def cam_arguments(parser) -> None:
     )
     parser.add_argument("--batch-size", type=PositiveInt, default=8)
     parser.add_argument("--device", default="cpu")
+    _subset_arguments(parser)
+
+
+def _subset_arguments(parser) -> None:
+    parser.add_argument(
+        "--subset", choices=["uniform", "random"], default=None, help="only a subset of the split (with --n)"
+    )
+    parser.add_argument(
+        "--n", type=PositiveInt, default=None, help="subset size (DisFaceRep: --subset uniform --n 3820)"
+    )
+    parser.add_argument("--subset-seed", type=int, default=0, help="seed of --subset random")
 
 
 def cam(cfg) -> None:
@@ -51,8 +62,71 @@ def cam(cfg) -> None:
             use_labels=cfg.use_labels,
             batch_size=cfg.batch_size,
             device=cfg.device,
+            subset=cfg.subset,
+            n=cfg.n,
+            subset_seed=cfg.subset_seed,
         )
     )
+
+
+def score_arguments(parser) -> None:
+    parser.add_argument("--pred", required=True, help="folder of pseudo masks (<key>.png label maps)")
+    parser.add_argument(
+        "--dataset", required=True, help="NAME:ROOT of a registered dataset with true masks (synthetic: NAME alone)"
+    )
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--dataset-kwargs", default=None, help="JSON object of more dataset arguments")
+    parser.add_argument("--image-size", type=PositiveInt, default=None, help="passed to the dataset (synthetic)")
+    parser.add_argument(
+        "--unmapped",
+        choices=["background", "ignore"],
+        default="background",
+        help="pseudo-mask classes the dataset lacks",
+    )
+    parser.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    _subset_arguments(parser)
+
+
+def score(cfg) -> None:
+    """Score pseudo masks against a dataset's true masks: mean F1 (no background) and mIoU, per class.
+
+    DisFaceRep's Table 1/3 protocol on CelebAMask-HQ: faceparse pseudo-labels score --pred runs/pseudo
+    --dataset celebamask_hq:/data/CelebAMask-HQ --split train --subset uniform --n 3820
+    """
+    import json
+    from pathlib import Path
+
+    from faceparse.data.disfacerep_pseudo_masks import score_pseudo_masks
+    from faceparse.errors import FaceParseError
+    from faceparse.metrics import per_class_table
+
+    name, _, root = cfg.dataset.partition(":")
+    try:
+        extra = json.loads(cfg.dataset_kwargs) if cfg.dataset_kwargs else {}
+    except json.JSONDecodeError as exc:
+        raise FaceParseError(f"--dataset-kwargs is not a JSON object: {exc}") from exc
+    res = score_pseudo_masks(
+        cfg.pred,
+        dataset=name,
+        root=root or None,
+        split=cfg.split,
+        subset=cfg.subset,
+        n=cfg.n,
+        subset_seed=cfg.subset_seed,
+        dataset_kwargs=extra,
+        image_size=cfg.image_size,
+        unmapped=cfg.unmapped,
+    )
+    which = f"subset {cfg.subset} n={cfg.n}" if cfg.subset else "all"
+    head = (
+        f"{res['count']} pseudo masks of {name} {cfg.split} ({which}) in the '{res['label_set'].name}' label set: "
+        f"mean F1 {100 * float(res['mean_f1']):.2f}, mIoU {100 * float(res['miou']):.2f}"
+    )
+    text = head + "\n\n" + per_class_table(res, res["label_set"])
+    print(text)
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(text + "\n")
 
 
 def occlusion_arguments(parser) -> None:

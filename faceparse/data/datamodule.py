@@ -94,6 +94,9 @@ class FaceParsingDataModule(pl.LightningDataModule):
         mean, std: input normalisation (match the model's ``input_mean/std``).
         seed: seed of the training order and augmentation (default: the ``seed_everything`` seed,
             ``PL_GLOBAL_SEED``, else 0, as Lightning's own distributed sampler does).
+        subset, subset_size, subset_seed: train on a fixed subset of the train split only
+            (:func:`faceparse.data.subset.subset_indices`): ``subset: uniform`` with ``subset_size: 3820``
+            is DisFaceRep's uniformly sampled CelebAMask-HQ training subset; ``random`` uses ``subset_seed``.
     """
 
     def __init__(
@@ -114,6 +117,9 @@ class FaceParsingDataModule(pl.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
         persistent_workers: bool = False,
         seed: int | None = None,
+        subset: str | None = None,
+        subset_size: int | None = None,
+        subset_seed: int = 0,
     ) -> None:
         super().__init__()
         DATASETS.get(dataset)  # fail early on unknown names
@@ -132,6 +138,11 @@ class FaceParsingDataModule(pl.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed = seed
+        if (subset is None) != (subset_size is None):
+            from faceparse.errors import FaceParseError
+
+            raise FaceParseError("subset and subset_size go together (e.g. subset: uniform, subset_size: 3820)")
+        self.subset = (subset, subset_size, subset_seed) if subset is not None else None
         self._datasets: dict[str, Dataset] = {}
 
     def build(self, stage: str) -> Dataset:
@@ -153,7 +164,13 @@ class FaceParsingDataModule(pl.LightningDataModule):
                     for k, v in kw.items()
                     if k in params or k in self.dataset_kwargs or k in self.split_kwargs[stage]
                 }
-            self._datasets[stage] = factory(**kw)
+            dataset = factory(**kw)
+            if stage == "train" and self.subset is not None:
+                from faceparse.data.subset import SubsetDataset
+
+                mode, n, seed = self.subset
+                dataset = SubsetDataset(dataset, n=n, mode=mode, seed=seed)
+            self._datasets[stage] = dataset
         return self._datasets[stage]
 
     @property
