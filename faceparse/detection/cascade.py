@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from faceparse.data.align import TEMPLATE_5, apply_affine, similarity_transform
-from faceparse.detection.base import Box, Face, FaceDetector, landmarks_from_box
+from faceparse.detection.base import BOX_TEMPLATE_5, Box, Face, FaceDetector, landmarks_from_box
 from faceparse.errors import FaceParseError, require
 
 #: Width (pixels) to which a face box is resampled for the eye search; the filter sizes below are
@@ -43,6 +43,8 @@ _EYE_ROWS = (0.15, 0.60)
 _EYE_COLS = ((0.10, 0.49), (0.51, 0.90))
 #: Minimum dark-blob contrast (grey levels, 0-255) for an eye to count as found.
 MIN_EYE_CONTRAST = 8.0
+#: Width (fraction of the box width) of the Gaussian prior around the expected eye positions.
+EYE_PRIOR_SIGMA = 0.15
 
 
 def opencv_cascade_path(name: str = "haarcascade_frontalface_default.xml") -> str | None:
@@ -97,9 +99,11 @@ def find_eyes(gray: np.ndarray, box: Box, min_contrast: float = MIN_EYE_CONTRAST
 
     The box is resampled to :data:`EYE_SEARCH_WIDTH` pixels wide; the response
     ``G_outer * I - G_inner * I`` (difference of Gaussians; positive where a round spot is darker
-    than its surround) is searched for its strongest local maxima in each half of the eye band, and
-    the pair with the largest summed response whose geometry is that of two eyes (horizontal
-    distance 25-75 % of the box width, slope below 0.35) is kept. None when no pair reaches
+    than its surround) is searched for its five strongest local maxima in each half of the eye band,
+    and the pair with the largest summed response, each weighted by a Gaussian prior around the
+    eye positions of :data:`~faceparse.detection.base.BOX_TEMPLATE_5` (sigma
+    :data:`EYE_PRIOR_SIGMA` x width), whose geometry is that of two eyes (horizontal distance
+    25-75 % of the box width, slope below 0.35) is kept. None when no pair reaches
     ``min_contrast`` grey levels in both eyes.
     """
     x0, y0, x1, y1 = box
@@ -120,16 +124,25 @@ def find_eyes(gray: np.ndarray, box: Box, min_contrast: float = MIN_EYE_CONTRAST
     sides = []
     for c_lo, c_hi in _EYE_COLS:
         c0, c1 = int(c_lo * EYE_SEARCH_WIDTH), int(c_hi * EYE_SEARCH_WIDTH)
-        sides.append([(v, r + r0, c + c0) for v, r, c in _local_maxima(resp[r0:r1, c0:c1])])
+        sides.append([(v, r + r0, c + c0) for v, r, c in _local_maxima(resp[r0:r1, c0:c1], 5)])
+    # prior: each response is weighted by a Gaussian (sigma EYE_PRIOR_SIGMA x width) around the
+    # eye positions of BOX_TEMPLATE_5, so dark hair or background at the box border loses to an eye
+    expected = BOX_TEMPLATE_5[:2] * np.array([EYE_SEARCH_WIDTH, h], np.float32)
+    sigma2 = 2.0 * (EYE_PRIOR_SIGMA * EYE_SEARCH_WIDTH) ** 2
+
+    def weight(side: int, r: int, c: int) -> float:
+        return float(np.exp(-((c - expected[side, 0]) ** 2 + (r - expected[side, 1]) ** 2) / sigma2))
+
     best, best_score = None, -np.inf
     for vl, rl, cl in sides[0]:
         for vr, rr, cr in sides[1]:
             dx, dy = cr - cl, rr - rl
             if min(vl, vr) < min_contrast or not 0.25 * EYE_SEARCH_WIDTH <= dx <= 0.75 * EYE_SEARCH_WIDTH:
                 continue
-            if abs(dy) > 0.35 * dx or vl + vr <= best_score:
+            score = vl * weight(0, rl, cl) + vr * weight(1, rr, cr)
+            if abs(dy) > 0.35 * dx or score <= best_score:
                 continue
-            best, best_score = ((rl, cl), (rr, cr)), vl + vr
+            best, best_score = ((rl, cl), (rr, cr)), score
     if best is None:
         return None
     pts = []

@@ -193,7 +193,13 @@ def mnet_checkpoint(tmp_path_factory):
     return net, path
 
 
-def test_distributed_key_names_convert_to_this_network():
+@pytest.fixture(scope="module")
+def r50_shapes():
+    with torch.device("meta"):  # key names and shapes only: no memory, no initialisation
+        return RetinaFaceNet("resnet50").state_dict()
+
+
+def test_distributed_key_names_convert_to_this_network(r50_shapes):
     # a few names as they appear in the distributed files, and the shapes they hold
     mnet = RetinaFaceNet("mobilenet0.25").state_dict()
     known = {
@@ -212,7 +218,7 @@ def test_distributed_key_names_convert_to_this_network():
     assert len(conv) == len(known)
     for k, v in conv.items():
         assert tuple(mnet[k].shape) == tuple(v.shape), k
-    r50 = RetinaFaceNet("resnet50").state_dict()
+    r50 = r50_shapes
     known = {"body.conv1.weight": (64, 3, 7, 7), "body.layer4.2.bn3.running_mean": (2048,)}
     known |= {"fpn.output3.0.weight": (256, 2048, 1, 1), "ssh1.conv3X3.0.weight": (128, 256, 3, 3)}
     for k, v in convert_retinaface_state_dict({k: torch.zeros(s) for k, s in known.items()}).items():
@@ -243,10 +249,9 @@ def test_retinaface_loads_a_distributed_checkpoint_and_runs(mnet_checkpoint):
     assert all(f.landmarks.shape == (5, 2) and not f.landmarks_estimated for f in faces)
 
 
-def test_retinaface_resnet50_checkpoint_without_prefix(tmp_path):
-    net = RetinaFaceNet("resnet50")
+def test_retinaface_resnet50_checkpoint_without_prefix(tmp_path, r50_shapes):
     path = tmp_path / "detection_Resnet50_Final.pth"  # facexlib's name; plain keys
-    torch.save({distributed_name(k): v for k, v in net.state_dict().items()}, path)
+    torch.save({distributed_name(k): torch.full(v.shape, 0.01) for k, v in r50_shapes.items()}, path)
     det = build_detector("retinaface", weights=path)
     assert det.network == "resnet50"
     loc, conf, lm = det.raw(np.zeros((32, 32, 3), np.uint8))
