@@ -248,6 +248,8 @@ DATASET_MODULES = (
     "faceparse.data.part_labels",
     "faceparse.data.cofw",
     "faceparse.data.consensus_pseudo",
+    "faceparse.data.image_folder",
+    "faceparse.data.consensus_teacher",
     "faceparse.data.disfacerep_ccd",
     "faceparse.data.disfacerep_pseudo_masks",
     "faceparse.data.maskfpan_occlusion",

@@ -87,6 +87,9 @@ COMMANDS: dict[str, Command] = {
     "pseudo-labels occlusion": Command(
         "faceparse.cli.pseudo_labels", "occlusion", "occlusion pseudo-labels (Structure via Consensus, Sec. 3.1)"
     ),
+    "pseudo-labels teacher": Command(
+        "faceparse.cli.pseudo_labels", "teacher", "teacher labels on detected face crops of a photo folder (Consensus)"
+    ),
     "bench": Command("faceparse.cli.bench", "bench", "speed table: parameters, FLOPs, latency, memory per model"),
     "list": Command("faceparse.cli.listing", "list_names", "list registered models, losses, datasets or label sets"),
 }
