@@ -1,4 +1,4 @@
-"""``faceparse pseudo-labels cam|occlusion``: pseudo-label generation (DisFaceRep, Structure via Consensus)."""
+"""``faceparse pseudo-labels cam|occlusion|teacher``: pseudo-label generation (DisFaceRep, Structure via Consensus)."""
 
 from __future__ import annotations
 
@@ -157,3 +157,33 @@ def occlusion(cfg) -> None:
     from faceparse.data.consensus_pseudo import pseudo_labels_occlusion
 
     print(pseudo_labels_occlusion(**{k: v for k, v in vars(cfg).items() if not k.startswith("_")}))
+
+
+def teacher_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="teacher model folder (save_pretrained / faceparse convert)")
+    parser.add_argument("--images", required=True, help="folder of photos (searched recursively)")
+    parser.add_argument("--out", required=True, help="folder for labels/, faces.jsonl and pseudo_labels.json")
+    parser.add_argument("--soft", action="store_true", help="write K x S x S float16 probabilities (.npy)")
+    parser.add_argument("--detector", default="auto", help="auto, opencv, retinaface or yunet")
+    parser.add_argument("--detector-weights", default=None, help="local weights file of retinaface / yunet")
+    parser.add_argument("--crop-scale", type=PositiveFloat, default=1.2, help="square crop side / detection side")
+    parser.add_argument("--crop-size", type=PositiveInt, default=128, help="crop and label size (paper: 128)")
+    parser.add_argument("--faces", default="largest", choices=["largest", "all"])
+    parser.add_argument("--min-score", type=float, default=0.0)
+    parser.add_argument("--limit", type=NonNegativeInt, default=0, help="at most this many new photos (0: all)")
+    parser.add_argument("--device", default="cpu")
+
+
+def teacher(cfg) -> None:
+    """Label the faces of a photo folder with a teacher (Structure via Consensus, "+Transf." data).
+
+    Detects faces, crops the adjusted square box (--crop-scale) at --crop-size, runs the teacher and
+    writes OUT/labels/<key>.png (or .npy with --soft), OUT/faces.jsonl (one line per photo: its faces
+    or why it was skipped) and OUT/pseudo_labels.json. A rerun resumes after the photos already listed.
+    """
+    out_dir(cfg.out, "--out")
+    from faceparse.data.consensus_teacher import pseudo_labels_teacher
+
+    kw = {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
+    kw["out_dir"] = kw.pop("out")
+    print(pseudo_labels_teacher(**kw))
