@@ -83,6 +83,7 @@ def evaluate(
     num_workers: int = 0,
     limit: int | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Score ``model`` on ``dataset`` in the dataset's label set.
 
@@ -95,6 +96,8 @@ def evaluate(
         flip_tta: average the logits of the image and of its mirror (left/right channels swapped).
         original_resolution: score at the original image size against the original label map.
         limit: score only the first ``limit`` faces.
+        precision: ``"fp32"``, ``"bf16"`` or ``"int8"`` (:func:`faceparse.precision.optimize_for_inference`;
+            int8 is calibrated on the first batch).
 
     Returns a dict: ``mean_f1``, ``miou``, ``pixel_acc`` (floats), ``f1`` / ``iou`` (class -> float),
     ``num_images``, ``label_set``, ``mapping`` (model class -> dataset class or "ignore").
@@ -109,6 +112,10 @@ def evaluate(
     lut = label_mapping(src, dst, unmapped, overrides)
     metric = FaceParsingMetrics(dst)
     model = model.to(device).eval()
+    from faceparse.precision import predictor_runner
+
+    runner = predictor_runner(model, precision, "torch", int(getattr(model, "default_input_size", 512)))
+    forward = runner or model
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     subset = torch.utils.data.Subset(dataset, range(n))
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
@@ -117,9 +124,10 @@ def evaluate(
     seen = 0
     for batch in tqdm(loader, desc="evaluating", disable=not progress):
         x = batch["image"].to(device)
-        logits = model(x)
-        if flip_tta:
-            logits = (logits + model(x.flip(-1)).flip(-1)[:, flip_perm.to(device)]) / 2
+        with torch.inference_mode():
+            logits = forward(x)
+            if flip_tta:
+                logits = (logits + forward(x.flip(-1)).flip(-1)[:, flip_perm.to(device)]) / 2
         logits = logits.float().cpu()
         if original_resolution:
             for j in range(len(logits)):

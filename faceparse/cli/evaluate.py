@@ -23,6 +23,13 @@ def evaluate_arguments(parser) -> None:
     parser.add_argument("--align", action=yes_no(), default=False, help="5-point face alignment")
     parser.add_argument("--limit", type=NonNegativeInt, default=0, help="score only the first N faces (0: all)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "int8"],
+        default="fp32",
+        help="bf16: autocast on the CPU's AMX/AVX512-BF16 units (fp32 with a warning without them); "
+        "int8: onnxruntime static quantisation calibrated on the first batch (docs/performance.md)",
+    )
 
 
 def evaluate(cfg) -> None:
@@ -63,6 +70,7 @@ def evaluate(cfg) -> None:
         device=cfg.device,
         limit=cfg.limit or None,
         progress=True,
+        precision=cfg.precision,
     )
     table = {
         "f1": torch.tensor([res["f1"][c] for c in ds.label_set.classes]),
