@@ -85,12 +85,22 @@ def bench_arguments(parser) -> None:
     parser.add_argument("--skip", default="", help="patterns of models to count but not time")
     parser.add_argument("--out-dir", default=None, help="also write speed[_TAG]_<date>.md and .csv here")
     parser.add_argument("--tag", default="", help="file name tag for --out-dir")
+    parser.add_argument(
+        "--precision",
+        default="",
+        help="comma-separated of fp32,bf16,int8: also time each model in these precisions (interleaved) against "
+        "the fp32 and bf16 matmul peaks measured in the same run (docs/performance.md)",
+    )
+    parser.add_argument("--profile", type=NonNegativeInt, default=0, help="print the N top operators per model")
 
 
 def bench(cfg) -> None:
     """Speed of registered models: parameters, FLOPs, CPU latency and throughput, peak memory.
 
-    Prints a Markdown table; --out-dir also writes it as Markdown and CSV. Zoo-wide runs with dated
+    Prints a Markdown table; --out-dir also writes it as Markdown and CSV. With --precision
+    fp32,bf16,int8 (and/or --profile N) it prints instead each model's speed per precision against
+    the fp32 and bf16 matmul peaks measured in the same run (and its top operators); --out-dir
+    writes that as peaks[_TAG]_<date>.md. Zoo-wide runs with dated
     result files, inference variants, GPU timings and the docs table: python benchmarks/speed.py.
     """
     target = out_dir(cfg.out_dir)
@@ -102,6 +112,9 @@ def bench(cfg) -> None:
         torch.set_num_threads(cfg.threads)
     names = profiling.resolve_models(cfg.models)
     skip = profiling.resolve_models(cfg.skip) if cfg.skip else []
+    if cfg.precision or cfg.profile:  # the per-precision table (its fp32 columns replace the default table)
+        precision_report(cfg, [n for n in names if n not in skip], target)
+        return
     rows, peak = profiling.run_benchmark(
         names,
         size=cfg.size,
@@ -127,3 +140,49 @@ def bench(cfg) -> None:
         date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
         md, path = write_tables(rows, target, f"speed{'_' + cfg.tag if cfg.tag else ''}_{date}", header, cols)
         print(f"wrote {md} and {path}")
+
+
+def precision_report(cfg, names: list[str], target: Path | None) -> str:
+    """``--precision`` / ``--profile``: per-precision speed against both matmul peaks, top operators."""
+    import torch
+
+    from faceparse import perf, profiling
+    from faceparse.precision import cpu_supports_bf16
+
+    precisions = [p.strip() for p in (cfg.precision or "fp32").split(",") if p.strip()]
+    load0 = profiling.load_average()
+    peaks = perf.matmul_peaks()
+    lines = [
+        "# Precision speed against the fp32 and bf16 matmul peaks (`faceparse bench --precision`)\n",
+        f"- machine: {profiling.machine_description()}; native bf16 (AMX/AVX512-BF16): {cpu_supports_bf16()}",
+        f"- torch.mm 2048^3 peaks, interleaved in this run: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, "
+        f"bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s (bf16/fp32 {peaks['bf16'] / peaks['fp32']:.2f}x)",
+        f"- batch {cfg.batch}, random weights, median of up to {cfg.repeats} interleaved rounds; achieved FLOP/s = "
+        "fp32 FLOPs of the forward pass / time; load average (1/5/15 min) at start: " + load0,
+        "",
+    ]
+    rows = []
+    profiles = []
+    for name in names:
+        row = perf.bench_precisions(
+            name, precisions, size=cfg.size, batch=cfg.batch, repeats=cfg.repeats, budget_s=cfg.budget, peaks=peaks
+        )
+        rows.append(row)
+        if cfg.profile:
+            model = profiling.build_for_bench(name).eval()
+            s = row["input_size"]
+            ops = perf.top_operators(model, torch.randn(cfg.batch, 3, s, s), k=cfg.profile)
+            profiles.append(perf.operators_markdown(f"{name} (fp32, batch {cfg.batch}, {s} px)", ops))
+    lines.append(markdown_table(rows, perf.precision_columns(precisions)))
+    lines.append(f"\nload average at end: {profiling.load_average()}")
+    if profiles:
+        lines += ["", "## Top operators (self CPU time, torch.profiler)", "", *profiles]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if target is not None:
+        date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+        target.mkdir(parents=True, exist_ok=True)
+        out = target / f"peaks{'_' + cfg.tag if cfg.tag else ''}_{date}.md"
+        out.write_text(text)
+        print(f"wrote {out}")
+    return text
