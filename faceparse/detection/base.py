@@ -30,10 +30,12 @@ Box = tuple[float, float, float, float]
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose_tip", "left_mouth", "right_mouth")
 
 #: Where the five points sit inside a frontal-face detector box, as fractions of its width and
-#: height (x, y), used when a detector measures no landmarks: the hand-marked points of scikit-image's
-#: astronaut photo expressed in its LBP-cascade box (a tight brow-to-chin box), made left/right
-#: symmetric (tests/inference/test_detection.py holds the hand marks).
-BOX_TEMPLATE_5 = np.array([[0.26, 0.32], [0.74, 0.32], [0.50, 0.60], [0.30, 0.75], [0.70, 0.75]], dtype=np.float32)
+#: height (x, y), used when a detector measures no landmarks (and as the eye search's prior). Eyes:
+#: the median eye positions the eye search finds in the LBP-cascade boxes of 90 faces of
+#: scikit-image's LFW subset (benchmarks/results/eye_search_lfw.md), made left/right symmetric;
+#: nose and mouth: the hand-marked points of scikit-image's astronaut photo in its LBP-cascade box
+#: (tests/inference/test_detection.py), made symmetric.
+BOX_TEMPLATE_5 = np.array([[0.31, 0.36], [0.69, 0.36], [0.50, 0.60], [0.30, 0.75], [0.70, 0.75]], dtype=np.float32)
 
 
 @dataclass
