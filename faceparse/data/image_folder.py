@@ -96,11 +96,11 @@ def subject_in_split(rel: str | Path, split: str, val_fraction: float) -> bool:
     parts = Path(rel).parts
     subject = parts[0] if len(parts) > 1 else Path(rel).stem
     is_val = zlib.crc32(subject.encode()) % 100_000 < val_fraction * 100_000
-    if split == "val":
+    if split in ("val", "test"):  # the held-out subjects serve both
         return is_val
     if split == "train":
         return not is_val
-    raise FaceParseError(f"split must be 'all', 'train' or 'val'; got {split!r}")
+    raise FaceParseError(f"split must be 'all', 'train', 'val' or 'test'; got {split!r}")
 
 
 def detect_folder(
@@ -183,8 +183,8 @@ class ImageFolderFaces(FaceDataset):
         crop_scale: the adjusted square box's side over the detection's longer side.
         crop_size: side of the crops (128 in the paper).
         faces: ``largest`` (one per photo) or ``all``; min_score: drop weaker detections.
-        split, val_fraction: ``all``, or a subject-disjoint ``train`` / ``val`` split
-            (:func:`subject_in_split`).
+        split, val_fraction: ``all``, or a subject-disjoint ``train`` / ``val`` split (``test`` =
+            ``val``; :func:`subject_in_split`).
         label_set: the label set the crops are declared in (their masks are all ignore).
         image_size, augment, mean, std: as in FaceDataset.
 

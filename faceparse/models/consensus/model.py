@@ -62,8 +62,10 @@ class ConsensusNet(FaceParsingModel):
         width: channels of the first layer (64 as published; the others scale with it: 2w, 4w,
             8w before the first pixel shuffle, w/2 at the end). Smaller widths are for quick
             CPU experiments only; official checkpoints need 64.
-        pretrained: optional official checkpoint file to load, strictly (a missing, unexpected or
-            wrongly shaped key is an error naming the file).
+        pretrained: optional weights to load, strictly (a missing, unexpected or wrongly shaped key
+            is an error naming the file): an official checkpoint file, a ``.safetensors`` file or a
+            faceparse model folder (its ``model.safetensors``; e.g. the "+Transf." pre-trained model
+            that fine-tuning starts from).
         pretrained_strict: ``False`` opts in to a partial load (warned; under half the keys fitting
             is still an error).
 
@@ -117,8 +119,18 @@ class ConsensusNet(FaceParsingModel):
         if pretrained is not None:
             from faceparse.models.weights import load_weights
 
-            state = official_state_dict(pretrained)
-            load_weights(self, state, pretrained, what="consensus checkpoint (pretrained=)", strict=pretrained_strict)
+            path = Path(pretrained)
+            if path.is_dir():
+                path = path / "model.safetensors"
+            if path.suffix == ".safetensors":
+                from faceparse.models.weights import read_state_dict
+
+                state = read_state_dict(path, what="consensus weights (pretrained=)")
+            else:
+                state = official_state_dict(pretrained)
+            load_weights(
+                self, state, str(pretrained), what="consensus checkpoint (pretrained=)", strict=pretrained_strict
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 4 or x.shape[-2] % 4:
