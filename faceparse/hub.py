@@ -4,8 +4,9 @@ Opt-in: nothing here runs unless a hub id is given, and it needs the ``hub`` ext
 (``pip install 'faceparse[hub]'``, i.e. ``huggingface_hub``). A Hub model repository holds exactly a
 faceparse model folder (``config.json`` + ``model.safetensors``, plus whatever ``save_pretrained``
 wrote) and a model card (``README.md``); loading downloads that folder into huggingface_hub's cache
-and rebuilds it with :func:`faceparse.load_model` (safetensors only: no pickled code runs, and
-``config.json`` may only name faceparse classes).
+and rebuilds it with :func:`faceparse.load_model` (weights from safetensors: no pickled code runs, and
+``config.json`` may only name faceparse classes). A folder holding a TorchScript program (FaRL) loads
+only with :func:`download_model`'s explicit ``trust_torchscript=True``.
 
 The environment is read at call time, so it may change after ``import huggingface_hub``:
 
@@ -86,9 +87,15 @@ def download_model(
     cache_dir: str | os.PathLike | None = None,
     endpoint: str | None = None,
     token: str | bool | None = None,
+    trust_torchscript: bool = False,
 ) -> Path:
     """The local folder of Hub model ``spec`` (``hf-hub:ORG/NAME[@REVISION]``), downloaded into the
-    huggingface_hub cache when needed (only from the local cache under ``HF_HUB_OFFLINE``)."""
+    huggingface_hub cache when needed (only from the local cache under ``HF_HUB_OFFLINE``).
+
+    A folder holding a TorchScript program (a FaRL parser's ``model.torchscript.pt``) is refused unless
+    ``trust_torchscript=True``: loading it runs that program (see :mod:`faceparse.models.farl`), so
+    ``faceparse.load_model("hf-hub:...")`` never does so for a repository you have not vouched for.
+    """
     hf = _hf()
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -137,6 +144,16 @@ def download_model(
             f"Hub repository '{repo_id}' ({rev}) has no config.json: not a faceparse model (push one with "
             "model.push_to_hub)"
         ) from exc
+    if not trust_torchscript:
+        from faceparse.models.convert import is_torchscript_archive
+
+        programs = sorted(p.name for p in folder.iterdir() if p.is_file() and is_torchscript_archive(p))
+        if programs:
+            raise FaceParseError(
+                f"Hub model '{repo_id}' holds a TorchScript program ({', '.join(programs)}), and loading it runs "
+                "that program. If you trust the repository: faceparse.load_model(faceparse.hub.download_model("
+                f"'{spec}', trust_torchscript=True))"
+            )
     return folder
 
 

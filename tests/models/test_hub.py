@@ -314,3 +314,25 @@ def test_missing_huggingface_hub_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(FaceParseError, match=r"pip install 'faceparse\[hub\]'"):
         faceparse.load_model("hf-hub:org/name")
+
+
+class _TinyScripted(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = torch.cat([x.mean(1, keepdim=True) * i for i in range(11)], dim=1)
+        return logits, {}
+
+
+def test_torchscript_folders_need_explicit_trust(hub, tmp_path):
+    from faceparse.hub import download_model
+    from faceparse.models.farl import convert_farl
+
+    src = tmp_path / "face_parsing.farl.lapa.main_ema_136500_jit191.pt"
+    torch.jit.save(torch.jit.script(_TinyScripted()), src)
+    model = convert_farl(src, tmp_path / "farl")
+    info = model.push_to_hub("org/farl")
+    assert "model.torchscript.pt" in hub.repos["org/farl"]["commits"][info.oid]
+    with pytest.raises(FaceParseError, match=r"holds a TorchScript program \(model.torchscript.pt\)"):
+        faceparse.load_model("hf-hub:org/farl")
+    loaded = faceparse.load_model(download_model("hf-hub:org/farl", trust_torchscript=True))
+    assert loaded.label_set.name == "lapa" and loaded.warp == "tanh"
+    _same_outputs(model, loaded)
