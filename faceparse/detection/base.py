@@ -8,8 +8,9 @@ i.e. "left eye" is the eye with the smaller x in an upright frontal photo, the s
 
     0 left eye centre, 1 right eye centre, 2 nose tip, 3 left mouth corner, 4 right mouth corner
 
-Detectors that do not measure all five points (the cascades) fill them from the box with
-:func:`landmarks_from_box` and set ``landmarks_estimated=True``.
+Detectors that do not measure all five points (the cascades: eyes measured when found, nose and
+mouth placed from the eyes, or all five from the box with :func:`landmarks_from_box`) set
+``landmarks_estimated=True``.
 """
 
 from __future__ import annotations

@@ -42,6 +42,8 @@ from faceparse.detection.base import Face, FaceDetector
 from faceparse.errors import FaceParseError, MissingWeightsError
 
 NETWORKS = ("mobilenet0.25", "resnet50")
+#: other spellings of the networks (the reference's ``--network mobile0.25``, its config names)
+NETWORK_ALIASES = {"mobile0.25": "mobilenet0.25", "mobilenet": "mobilenet0.25", "Resnet50": "resnet50"}
 #: anchor sizes (pixels) per pyramid level and the levels' strides, as in the reference config
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 STEPS = (8, 16, 32)
@@ -141,6 +143,7 @@ class RetinaFaceNet(nn.Module):
 
     def __init__(self, network: str = "mobilenet0.25", anchors: int = 2) -> None:
         super().__init__()
+        network = NETWORK_ALIASES.get(network, network)
         if network not in NETWORKS:
             raise FaceParseError(f"RetinaFace network '{network}'; expected one of {', '.join(NETWORKS)}")
         self.network = network
@@ -403,5 +406,5 @@ class RetinaFaceDetector(FaceDetector):
             for b, s, p in zip(boxes, scores, points)
         ]
 
-    def extra_repr(self) -> dict[str, Any]:
-        return {"network": self.network, "score_threshold": self.score_threshold}
+    def __repr__(self) -> str:
+        return f"RetinaFaceDetector(network={self.network!r}, score_threshold={self.score_threshold})"

@@ -249,6 +249,17 @@ def test_retinaface_loads_a_distributed_checkpoint_and_runs(mnet_checkpoint):
     assert all(f.landmarks.shape == (5, 2) and not f.landmarks_estimated for f in faces)
 
 
+def test_retinaface_max_side_downscales_and_maps_back(mnet_checkpoint):
+    img = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    big = np.repeat(np.repeat(img, 2, 0), 2, 1)  # 2x nearest: a bilinear halving gives img back exactly
+    kw = dict(weights=mnet_checkpoint[1], score_threshold=0.0, keep_top_k=30)
+    boxes, scores, points = build_detector("retinaface", **kw).detect_arrays(img)
+    boxes2, scores2, points2 = build_detector("retinaface", max_side=64, **kw).detect_arrays(big)
+    np.testing.assert_allclose(scores2, scores, atol=1e-6)
+    np.testing.assert_allclose(boxes2, 2 * boxes, atol=1e-3)
+    np.testing.assert_allclose(points2, 2 * points, atol=1e-3)
+
+
 def test_retinaface_resnet50_checkpoint_without_prefix(tmp_path, r50_shapes):
     path = tmp_path / "detection_Resnet50_Final.pth"  # facexlib's name; plain keys
     torch.save({distributed_name(k): torch.full(v.shape, 0.01) for k, v in r50_shapes.items()}, path)
@@ -265,6 +276,9 @@ def test_retinaface_missing_or_wrong_weights(tmp_path, mnet_checkpoint):
         build_detector("retinaface", weights=tmp_path / "nope.pth")
     with pytest.raises(FaceParseError, match="does not fit"):
         build_detector("retinaface", weights=mnet_checkpoint[1], network="resnet50")
+    with pytest.raises(FaceParseError, match="expected one of mobilenet0.25, resnet50"):
+        build_detector("retinaface", weights=mnet_checkpoint[1], network="vgg")
+    assert build_detector("retinaface", weights=mnet_checkpoint[1], network="mobile0.25").network == "mobilenet0.25"
     bad = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(3)}, bad)
     with pytest.raises(FaceParseError, match="cannot tell the RetinaFace network"):
