@@ -363,7 +363,7 @@ class FaceResult:
     path: str
     align: str
     crop: Crop | None = None
-    labels: np.ndarray | None = None
+    labels: np.ndarray | None = field(default=None, repr=False)
     detector_landmarks: np.ndarray | None = None
 
 
