@@ -212,7 +212,8 @@ class SimilarityCrop(CropGeometry):
         ratio = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))  # crop pixels per image pixel
         if ratio < 0.5:  # anti-aliasing: shrink with INTER_AREA first, then warp at >= 1/2 scale
             h, w = image.shape[:2]
-            image = cv2.resize(image, (max(1, round(w * 2 * ratio)), max(1, round(h * 2 * ratio))), cv2.INTER_AREA)
+            small = (max(1, round(w * 2 * ratio)), max(1, round(h * 2 * ratio)))
+            image = cv2.resize(image, small, interpolation=cv2.INTER_AREA)
             rx, ry = image.shape[1] / w, image.shape[0] / h
             # small pixel q <-> original pixel p = (q + 0.5) / r - 0.5
             to_orig = np.array([[1 / rx, 0, 0.5 / rx - 0.5], [0, 1 / ry, 0.5 / ry - 0.5], [0, 0, 1]])

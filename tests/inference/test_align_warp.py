@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -294,3 +295,22 @@ def test_parse_then_align_runs_and_is_reported():
     assert (pred.labels == lab).mean() > 0.97
     with pytest.raises(FaceParseError, match="align="):
         Predictor(model, align="polar")
+
+
+def test_anti_aliased_crops_keep_the_geometry_of_the_direct_warp():
+    """Large faces into small crops are shrunk with INTER_AREA first; the geometry must not move."""
+    from faceparse.data.align import alignment_matrix
+    from faceparse.inference import SimilarityCrop
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8), (0, 0), 8)
+    img = np.ascontiguousarray(img + np.linspace(0, 60, 1600, dtype=np.float32)[None, :, None]).clip(0, 255)
+    img = img.astype(np.uint8)
+    pts = np.array([[600.0, 500.0], [1000.0, 500.0], [800.0, 700.0], [650.0, 900.0], [950.0, 900.0]])
+    direct = cv2.warpAffine(img, alignment_matrix(pts, 64), (64, 64), flags=cv2.INTER_LINEAR)
+    assert np.abs(SimilarityCrop(pts, 64).crop(img).astype(float) - direct).mean() < 3.0
+    m = roi_matrix(pts)
+    src = crop_to_image(np.stack(np.meshgrid(np.arange(64.0), np.arange(64.0)), -1).reshape(-1, 2), m, 64)
+    maps = src.reshape(64, 64, 2).astype(np.float32)
+    direct = cv2.remap(img, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR)
+    assert np.abs(warp_image(img, m, 64).astype(float) - direct).mean() < 3.0
