@@ -194,6 +194,10 @@ class MaskFPANTask(SegmentationTask):
       marks them with ``unlabelled_fraction``; ``"all"`` every face, for data with no occlusion
       labels at all; ``"none"`` only adds the DOM regions to Eq. 2's weights).
 
+    The ``occlusion`` mask that the ``occluded`` dataset still carries for faces it marks unlabelled
+    (kept there to score them) is zeroed before Eq. 2 with or without a DOM, so no row of the
+    ablation sees the true occluders of those faces.
+
     Validation and test score the segmentation model alone (the LOM and DOM are only needed to
     train it); :class:`~faceparse.tasks.callbacks.SavePretrained` saves the segmentation model.
 
@@ -283,19 +287,22 @@ class MaskFPANTask(SegmentationTask):
             batch["landmark_occluded"] = pred["landmark_occluded"]
             if hp.use_pose and "pose" in pred:
                 batch["pose"] = pred["pose"]
+        metas = batch.get("meta") or [{}] * image.shape[0]
+        unlabelled = torch.tensor(
+            [not m.get("occlusion_labelled", True) for m in metas], dtype=torch.bool, device=image.device
+        )
+        known = batch.get("occlusion")
+        if known is not None and bool(unlabelled.any()):
+            # the occlusion of these faces is not annotated (the dataset keeps the true mask only to
+            # score them): Eq. 2 must not see it
+            known = torch.where(unlabelled[:, None, None], torch.zeros_like(known), known)
+            batch["occlusion"] = known
         if self.dom is not None:
             self.dom.eval()
             occ = self.dom.predict_occlusion(
                 to_unit_range(image, hp.mean, hp.std), threshold=hp.dom_threshold, size=(h, w)
             )
-            metas = batch.get("meta") or [{}] * image.shape[0]
-            if hp.relabel == "all":
-                chosen = torch.ones(image.shape[0], dtype=torch.bool, device=image.device)
-            else:
-                chosen = torch.tensor(
-                    [not m.get("occlusion_labelled", True) for m in metas], dtype=torch.bool, device=image.device
-                )
-            known = batch.get("occlusion")
+            chosen = torch.ones_like(unlabelled) if hp.relabel == "all" else unlabelled
             if known is None:
                 batch["occlusion"] = occ
             else:

@@ -206,3 +206,16 @@ def test_chain_configs_read_what_the_stage_configs_write():
         args = load(chain)["model"]["init_args"]
         assert args["lom"] == writes(lom) and args["dom"] == writes(dom)
         assert load(dom)["data"]["init_args"]["dataset_kwargs"]["return_clean"] is True
+
+
+def test_unlabelled_occlusion_is_hidden_from_eq2_without_a_dom():
+    """The ablation rows without a DOM must not see the true occluders of faces marked unlabelled."""
+    from faceparse.tasks.maskfpan import MaskFPANTask
+
+    task = MaskFPANTask(model="rtformer_slim", model_kwargs={"input_size": 64})
+    batch = {"image": torch.zeros(2, 3, 8, 8), "mask": torch.ones(2, 8, 8, dtype=torch.long)}
+    batch["occlusion"] = torch.ones(2, 8, 8, dtype=torch.long)
+    batch["meta"] = [{"occlusion_labelled": True}, {"occlusion_labelled": False}]
+    out = task.chain(batch)
+    assert out["occlusion"][0].sum() == 64 and out["occlusion"][1].sum() == 0
+    assert torch.equal(out["mask"], batch["mask"]) and "landmarks" not in out
