@@ -90,6 +90,9 @@ COMMANDS: dict[str, Command] = {
     "pseudo-labels teacher": Command(
         "faceparse.cli.pseudo_labels", "teacher", "teacher labels on detected face crops of a photo folder (Consensus)"
     ),
+    "boxes ground": Command(
+        "faceparse.cli.boxes", "ground", "CCD component boxes from a local Grounding DINO checkpoint (DisFaceRep)"
+    ),
     "bench": Command("faceparse.cli.bench", "bench", "speed table: parameters, FLOPs, latency, memory per model"),
     "list": Command("faceparse.cli.listing", "list_names", "list registered models, losses, datasets or label sets"),
 }
