@@ -480,6 +480,10 @@ class Predictor:
         backend: ``"torch"`` (default) or ``"onnxruntime"``: then ``model`` is an ``.onnx`` file
             written by ``faceparse export`` (or a model directory containing ``model.onnx``), run
             by :class:`faceparse.export.OnnxModel` (needs the ``onnx`` extra).
+        precision: ``"fp32"`` (default), ``"bf16"`` (autocast on the CPU's AMX/AVX512-BF16 units;
+            fp32 with a :class:`faceparse.precision.PrecisionFallbackWarning` on a CPU without them) or
+            ``"int8"`` (onnxruntime static quantisation, calibrated on the first batch); see
+            :func:`faceparse.precision.optimize_for_inference`.
     """
 
     def __init__(
@@ -500,6 +504,7 @@ class Predictor:
         align_scale: float = 1.0,
         warp_factor: float | None = None,
         detector_weights: str | Path | None = None,
+        precision: str = "fp32",
     ) -> None:
         if no_face not in NO_FACE_POLICIES:
             raise FaceParseError(f"no_face='{no_face}'; expected one of {', '.join(NO_FACE_POLICIES)}")
@@ -537,10 +542,14 @@ class Predictor:
         self.align_scale = float(align_scale)
         self.model_warp, recorded_factor = model_warp(self.model, model_dir)
         self.warp_factor = float(recorded_factor if warp_factor is None else warp_factor)
+        from faceparse.precision import predictor_runner
+
+        self.precision = precision
+        self._runner = predictor_runner(self.model, precision, backend, self.input_size)  # None for fp32
 
     # ------------------------------------------------------------------ model on normalised batches
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        out = self.model(batch)
+        out = (self._runner or self.model)(batch)
         return out["logits"] if isinstance(out, dict) else out
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -822,6 +831,7 @@ def predict_files(
     detector_weights: str | Path | None = None,
     skip_existing: bool = False,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> PredictReport:
     """Parse image files and write ``<stem>_labels.png`` and ``<stem>_overlay.png`` for each.
 
@@ -852,6 +862,7 @@ def predict_files(
             detector=detector if detect_faces else None,
             align=align,
             detector_weights=detector_weights,
+            precision=precision,
         )
     report = PredictReport()
     pending: list[tuple[str, np.ndarray, str]] = []
