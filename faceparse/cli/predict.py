@@ -73,6 +73,13 @@ def predict_arguments(parser) -> None:
     parser.add_argument("--face-masks", default=None, help="S3POT: folder of face-region masks / parsing maps")
     parser.add_argument("--per-image-steps", type=int, default=0, help="S3POT: per-image overfitting steps (0: off)")
     parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "int8"],
+        default="fp32",
+        help="bf16: autocast on the CPU's AMX/AVX512-BF16 units (fp32 with a warning without them); "
+        "int8: onnxruntime static quantisation calibrated on the first batch (docs/performance.md)",
+    )
+    parser.add_argument(
         "--backend",
         choices=["torch", "onnxruntime"],
         default="torch",
@@ -152,6 +159,7 @@ def predict(cfg) -> int:
         align=cfg.align,
         no_face="whole" if cfg.no_face == "whole" else "background",
         backend=cfg.backend,
+        precision=cfg.precision,
     )
     failed: dict[str, str] = {}
     total = len(files)
