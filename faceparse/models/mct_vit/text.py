@@ -66,7 +66,10 @@ class OpenCLIPEncoder(nn.Module):
             naming the file); ``checkpoint_strict=False`` opts in to a partial load (warned; under
             half the keys fitting is still an error).
         model_cfg: an explicit open_clip CLIP config (``embed_dim``, ``vision_cfg``, ``text_cfg``)
-            used instead of ``model_name`` (e.g. :data:`TINY_CLIP_CONFIG`).
+            used instead of ``model_name`` (e.g. :data:`TINY_CLIP_CONFIG`), or the path of such a
+            JSON file (open_clip's ``model_configs/*.json`` format, e.g. the config shipped with a
+            FLIP checkpoint; a ``model_cfg`` key inside, as in open_clip's ``open_clip_config.json``,
+            is read too).
         freeze: freeze the parameters and keep the model in eval mode (default).
         random_init: keep random weights when no ``checkpoint`` is given (tests and demos only);
             without it a missing ``checkpoint`` raises :class:`~faceparse.errors.MissingWeightsError`.
@@ -76,7 +79,7 @@ class OpenCLIPEncoder(nn.Module):
         self,
         model_name: str = "ViT-B-16",
         checkpoint: str | None = None,
-        model_cfg: dict[str, Any] | None = None,
+        model_cfg: dict[str, Any] | str | Path | None = None,
         freeze: bool = True,
         checkpoint_strict: bool = True,
         random_init: bool = False,
@@ -99,9 +102,12 @@ class OpenCLIPEncoder(nn.Module):
             raise ImportError("OpenCLIPEncoder needs open_clip: pip install faceparse[clip]") from exc
         from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+        if isinstance(model_cfg, (str, Path)):
+            model_cfg = _read_model_cfg(model_cfg)
         if model_cfg is not None:
             cfg = dict(model_cfg)
-            self.model = open_clip.CLIP(**cfg)
+            cls = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.CLIP
+            self.model = cls(**cfg)
             ctx = int(cfg.get("text_cfg", {}).get("context_length", 77))
             self._tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=ctx)
         else:
@@ -174,6 +180,24 @@ class OpenCLIPEncoder(nn.Module):
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self._tokenizer(list(texts))
+
+
+def _read_model_cfg(path: str | Path) -> dict[str, Any]:
+    """An open_clip model config from a JSON file (``{"embed_dim", "vision_cfg", "text_cfg"}`` or
+    ``{"model_cfg": {...}}``), with errors naming the file."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise FaceParseError(f"open_clip model config '{p}' not found (model_cfg=: a JSON file or a dict)")
+    try:
+        cfg = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise FaceParseError(f"open_clip model config '{p}' is not valid JSON: {exc}") from None
+    cfg = cfg.get("model_cfg", cfg) if isinstance(cfg, dict) else cfg
+    if not isinstance(cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
+        raise FaceParseError(f"open_clip model config '{p}' needs embed_dim, vision_cfg and text_cfg")
+    return cfg
 
 
 def build_vl_encoder(spec: str | dict | nn.Module | None) -> nn.Module:
