@@ -128,13 +128,14 @@ def test_file_without_config_infers_the_shape(hub_folder, tmp_path):
 
 
 def test_v5_in_memory_names_and_bin_file(tmp_path):
-    """transformers >= 5 names its modules differently in memory (stages.*, q_proj...); a state dict
-    saved straight from ``model.state_dict()`` converts too, as does a torch.save ``.bin``."""
+    """A state dict saved straight from ``model.state_dict()`` converts too (transformers >= 5 names its
+    modules differently in memory: stages.*, q_proj...; 4.x keeps the saved names), as does a ``.bin``."""
     from safetensors.torch import save_file
 
     ref = _tiny_reference(num_labels=5, seed=3)
     state = {k: v.contiguous() for k, v in ref.state_dict().items()}
-    assert any(k.startswith("segformer.stages.") for k in state), "transformers < 5: in-memory names are legacy"
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        assert any(k.startswith("segformer.stages.") for k in state)
     save_file(state, str(tmp_path / "v5.safetensors"))
     x = torch.randn(1, 3, 64, 64)
     for path in (tmp_path / "v5.safetensors", tmp_path / "pytorch_model.bin"):
