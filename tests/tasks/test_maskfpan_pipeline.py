@@ -5,7 +5,8 @@ Each stage runs by its ``faceparse`` command with tiny overrides, in a temporary
 2. ``faceparse fit --config maskfpan_dom_celebamask_hq``   -> runs/maskfpan_dom_celebamask_hq/model (DOM)
 3. ``faceparse fit --config maskfpan_chain_celebamask_hq`` -> runs/maskfpan_chain_celebamask_hq/model,
    reading the LOM and DOM folders of stages 1 and 2
-4. ``faceparse test --config maskfpan_chain_celebamask_hq --ckpt_path ...`` -> Table I columns in metrics.csv
+4. ``faceparse test --config maskfpan_chain_celebamask_hq --ckpt_path runs/.../checkpoints/last.ckpt``
+   -> Table I columns in metrics.csv
 on a COFW tree (tests/fixture_trees.py) and a CelebAMask-HQ tree (SyntheticFaces.write_celebamask_hq).
 """
 
@@ -59,8 +60,8 @@ def pipeline(tmp_path_factory):
         seg = ["--config", "maskfpan_chain_celebamask_hq", "--data.init_args.dataset_kwargs.root", "CelebAMask-HQ"]
         seg += ["--data.init_args.image_size", "64", "--model.init_args.model_kwargs.input_size", "64"]
         assert main(["fit", *seg, *TRAINER]) == 0  # CSV logger and checkpoint kept for stage 4
-        (ckpt,) = Path("runs/maskfpan_chain_celebamask_hq").glob("version_*/checkpoints/*.ckpt")
-        assert main(["test", *seg, *TRAINER, "--ckpt_path", str(ckpt)]) == 0
+        ckpt = "runs/maskfpan_chain_celebamask_hq/checkpoints/last.ckpt"  # the path the docs name
+        assert main(["test", *seg, *TRAINER, "--ckpt_path", ckpt]) == 0
         yield work
     finally:
         mp.undo()
