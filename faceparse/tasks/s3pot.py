@@ -33,6 +33,14 @@ from faceparse.registry import MODELS
 from faceparse.tasks.base import BaseTask
 
 
+def _require_screening(model: nn.Module, what: str) -> None:
+    if not getattr(model, "use_screening", True):
+        raise FaceParseError(
+            f"S3POT {what} trains the screening layer, which screening=False switches off (Table 2's rows "
+            "without SA are training-free): evaluate them with test/predict and per_image_steps 0"
+        )
+
+
 def per_image_overfit(
     model: nn.Module,
     image: torch.Tensor,
@@ -59,6 +67,7 @@ def per_image_overfit(
         ``(logits, losses)``: final ``B x 2 x H x W`` logits and the loss before each step plus
         the final loss (``steps + 1`` values per image, averaged over the batch).
     """
+    _require_screening(model, "per-image overfitting")
     loss = loss or PromptLoss()
     outs, curves = [], []
     for i in range(image.shape[0]):
@@ -103,6 +112,11 @@ class OcclusionPromptTask(BaseTask):
             (OpenCV fallback on the parsing regions) or a folder (:class:`FolderReferences`).
         per_image_steps: > 0 switches ``test``/``predict`` to per-image overfitting with that many
             steps per image at ``per_image_lr``.
+        prompt_selection, similarity_threshold, feature_enhancement, screening: the ablation
+            switches of the paper's Table 2 (``greedy`` / ``threshold`` / ``otsu`` prompt selection,
+            the fixed threshold 0.5, FE on/off, SA on/off), set on the model
+            (:meth:`S3POT.set_ablation`); the defaults are the paper's full model (GS + FE + SA).
+            ``screening=False`` leaves nothing to train: run ``test``/``predict`` without ``fit``.
     """
 
     scheduler_interval = "epoch"  # paper: cosine over the epochs
@@ -121,6 +135,10 @@ class OcclusionPromptTask(BaseTask):
         per_image_steps: int = 0,
         per_image_lr: float = 1e-4,
         optimizer: str = "adamw",
+        prompt_selection: str = "greedy",
+        similarity_threshold: float = 0.5,
+        feature_enhancement: bool = True,
+        screening: bool = True,
     ) -> None:
         super().__init__(ignore=["model"] if isinstance(model, nn.Module) else None)
         if isinstance(model, nn.Module):
@@ -130,6 +148,7 @@ class OcclusionPromptTask(BaseTask):
             self.model.registry_name = model
         if not hasattr(self.model, "prepare") or not hasattr(self.model, "screening"):
             raise FaceParseError(f"OcclusionPromptTask needs an S3POT model, got {type(self.model).__name__}")
+        self.model.set_ablation(prompt_selection, similarity_threshold, feature_enhancement, screening)
         self.label_set = get_label_set(label_set)
         self.loss = PromptLoss(alpha=alpha, lam=lam)
         self.val_iou = OcclusionIoU()
@@ -173,6 +192,7 @@ class OcclusionPromptTask(BaseTask):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        _require_screening(self.model, "fit")
         x, ref, regions = self.inputs_of(batch)
         parts = self.loss(self.model.forward_train(x, ref, regions), batch)
         named = {k: parts[k] for k in ("recall_occ", "recall_face", "face_penalty")}

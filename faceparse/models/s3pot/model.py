@@ -181,6 +181,55 @@ def select_prompts(
     return occ_idx, face_idx
 
 
+PROMPT_SELECTIONS = ("greedy", "threshold", "otsu")
+
+
+def otsu_threshold(values: torch.Tensor) -> float:
+    """Otsu's threshold (Otsu 1979, the paper's ref. [17]) of 1-D values, exact over their sorted order.
+
+    Returns the midpoint of the cut between consecutive sorted values that maximises the
+    between-class variance ``w0 w1 (mu0 - mu1)^2`` (first maximum; ``-inf`` when all values are equal,
+    so nothing lies below it). Written by hand: :func:`skimage.filters.threshold_otsu` works on a
+    256-bin histogram and returns a bin centre, which puts the values of that bin above the centre
+    on the wrong side of a clear gap; a few thousand tokens sort exactly at no cost.
+    """
+    v = torch.sort(values.detach().double().flatten()).values
+    n = v.numel()
+    if n < 2 or bool(v[0] == v[-1]):
+        return float("-inf")
+    k = torch.arange(1, n, dtype=torch.float64, device=v.device)  # size of the lower class
+    csum = torch.cumsum(v, 0)[:-1]
+    mu0 = csum / k
+    mu1 = (v.sum() - csum) / (n - k)
+    between = (k / n) * ((n - k) / n) * (mu0 - mu1) ** 2
+    between = torch.where(v[1:] > v[:-1], between, torch.full_like(between, -1.0))  # cut only between distinct values
+    i = int(torch.argmax(between))
+    return float((v[i] + v[i + 1]) / 2)
+
+
+def select_prompts_by_threshold(
+    image_tokens: torch.Tensor, reference_tokens: torch.Tensor, face: torch.Tensor, threshold: float | None = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The TH and Otsu prompt selections of S3POT Table 2 (Sec. 4.2, "Effect of Prompt Selection").
+
+    The similarity of a face token is the cosine similarity of ``Z_e`` and ``Z_re`` at the same
+    place (the similarity map of the paper's Fig. 9a); face tokens below the threshold are occlusion
+    prompts, the others face prompts. ``threshold=None`` takes Otsu's threshold of the face tokens'
+    similarities (:func:`otsu_threshold`; all equal: no occlusion prompts).
+
+    Returns ``(occlusion_idx, face_idx)`` as :func:`select_prompts`.
+    """
+    face_ids = torch.nonzero(face, as_tuple=False).flatten()
+    if face_ids.numel() == 0:
+        empty = torch.empty(0, dtype=torch.long, device=image_tokens.device)
+        return empty, empty
+    sim = F.cosine_similarity(image_tokens[face_ids].float(), reference_tokens[face_ids].float(), dim=-1)
+    if threshold is None:
+        threshold = otsu_threshold(sim)
+    occluded = sim < threshold
+    return face_ids[occluded], face_ids[~occluded]
+
+
 # --------------------------------------------------------------------------- layers
 class PromptScreening(nn.Module):
     """Self-attention screening layer of S3POT Sec. 3.3: ``P' = LayerNorm(P + SelfAttn(P))``.
@@ -239,6 +288,17 @@ class S3POT(FaceParsingModel):
         image_size, patch_size, window_size, embed_dim, depth, num_heads, global_attn_indexes,
             decoder_mlp_dim, decoder_depth: override the variant's SAM configuration.
         label_set: output label set (default: background / occlusion).
+        prompt_selection: Table 2's prompt-selection column (S3POT Sec. 4.2): ``"greedy"`` (GS,
+            Algorithm 1, the paper's model), ``"threshold"`` (TH: face tokens whose cosine
+            similarity to the reference token at the same place is below ``similarity_threshold``
+            are occlusion prompts, the others face prompts) or ``"otsu"`` (the same with Otsu's
+            threshold of the face tokens' similarities, :func:`otsu_threshold`).
+        similarity_threshold: the fixed threshold of ``"threshold"`` (paper: 0.5).
+        feature_enhancement: Table 2's FE column; False selects prompts on SAM's raw tokens
+            ``Z``, ``Z_r`` instead of the enhanced ``Z_e``, ``Z_re`` (the initial point is still found).
+        screening: Table 2's SA column; False feeds the prompt embeddings to the mask decoder
+            without the self-attention screening layer (nothing is left to train: those rows of
+            Table 2 are training-free).
     """
 
     default_input_size = 1024
@@ -260,8 +320,13 @@ class S3POT(FaceParsingModel):
         decoder_depth: int | None = None,
         label_set: str | LabelSet | None = None,
         random_init: bool | None = None,
+        prompt_selection: str = "greedy",
+        similarity_threshold: float = 0.5,
+        feature_enhancement: bool = True,
+        screening: bool = True,
     ) -> None:
         super().__init__()
+        self.set_ablation(prompt_selection, similarity_threshold, feature_enhancement, screening)
         if encoder not in SAM_VARIANTS:
             raise FaceParseError(f"S3POT encoder must be one of {sorted(SAM_VARIANTS)}, got '{encoder}'")
         cfg = {**SAM_DEFAULTS, **SAM_VARIANTS[encoder]}
@@ -310,6 +375,32 @@ class S3POT(FaceParsingModel):
             from faceparse.models.base import resolve_label_set
 
             self.label_set = resolve_label_set(label_set, num_classes=2)
+
+    def set_ablation(
+        self,
+        prompt_selection: str = "greedy",
+        similarity_threshold: float = 0.5,
+        feature_enhancement: bool = True,
+        screening: bool = True,
+    ) -> None:
+        """Switch Table 2's ablation settings (see the constructor); ``save_pretrained`` records them."""
+        if prompt_selection not in PROMPT_SELECTIONS:
+            raise FaceParseError(
+                f"S3POT prompt_selection must be one of {list(PROMPT_SELECTIONS)} (Table 2: GS, TH, Otsu), "
+                f"got '{prompt_selection}'"
+            )
+        self.prompt_selection = prompt_selection
+        self.similarity_threshold = float(similarity_threshold)
+        self.feature_enhancement = bool(feature_enhancement)
+        self.use_screening = bool(screening)
+        init = self.__dict__.get("_fp_init_args")
+        if init is not None:  # keep config.json in step with switches changed after construction
+            init[1].update(
+                prompt_selection=prompt_selection,
+                similarity_threshold=self.similarity_threshold,
+                feature_enhancement=self.feature_enhancement,
+                screening=self.use_screening,
+            )
 
     # ------------------------------------------------------------------ weights
     def load_sam_checkpoint(self, checkpoint: str | Path) -> None:
@@ -433,11 +524,19 @@ class S3POT(FaceParsingModel):
         sim = sim.masked_fill(~region, float("-inf"))
         first = sim.argmax(dim=1)
         points = self._sam_points(first)
-        enhanced = self._enhance(torch.cat([z, zr]), torch.cat([points, points]))
-        ze, zre = enhanced[:b], enhanced[b:]
+        if self.feature_enhancement:
+            enhanced = self._enhance(torch.cat([z, zr]), torch.cat([points, points]))
+            ze, zre = enhanced[:b], enhanced[b:]
+        else:  # Table 2, rows without FE: prompts from SAM's raw tokens
+            ze, zre = z, zr
         occ, face = [], []
         for i in range(b):
-            o, f = select_prompts(ze[i].flatten(1).T, zre[i].flatten(1).T, face_tok[i])
+            zi, zri = ze[i].flatten(1).T, zre[i].flatten(1).T
+            if self.prompt_selection == "greedy":
+                o, f = select_prompts(zi, zri, face_tok[i])
+            else:
+                t = self.similarity_threshold if self.prompt_selection == "threshold" else None
+                o, f = select_prompts_by_threshold(zi, zri, face_tok[i], t)
             occ.append(o)
             face.append(f)
         initial = torch.stack([first // w, first % w], dim=1)
@@ -461,7 +560,8 @@ class S3POT(FaceParsingModel):
             sparse, dense = pe_mod(points=pts, boxes=None, masks=None)
             if pts is None:
                 dense = dense[:1]
-            sparse = self.screening(sparse)
+            if self.use_screening:
+                sparse = self.screening(sparse)
             low, _ = dec(
                 image_embeddings=state.embeddings[i : i + 1],
                 image_pe=image_pe,
