@@ -93,6 +93,9 @@ COMMANDS: dict[str, Command] = {
     "boxes ground": Command(
         "faceparse.cli.boxes", "ground", "CCD component boxes from a local Grounding DINO checkpoint (DisFaceRep)"
     ),
+    "references generate": Command(
+        "faceparse.cli.references", "generate", "S3POT occlusion-free references from a local diffusers inpainter"
+    ),
     "bench": Command("faceparse.cli.bench", "bench", "speed table: parameters, FLOPs, latency, memory per model"),
     "list": Command("faceparse.cli.listing", "list_names", "list registered models, losses, datasets or label sets"),
 }
