@@ -147,7 +147,7 @@ def test_teacher_labels_dataset_factorises_and_splits_by_subject(pipeline):
     assert not (mask == 1)[~face_before].any()  # face after factorisation is a subset of the teacher's face
 
 
-def test_pretraining_writes_a_model_and_steps_the_plateau_scheduler(pipeline):
+def test_pretraining_writes_a_model_and_logs_the_plateau_monitor_and_lr(pipeline):
     work = pipeline["work"]
     model = faceparse.load_model(work / "runs" / "consensus_transfer" / "model")
     assert model.label_set.name == "cofw_occlusion" and model(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)
@@ -187,3 +187,25 @@ def test_image_folder_dataset_and_errors(tmp_path, pipeline):
         main(["--debug", "pseudo-labels", "teacher", "--model", str(pipeline["work"] / "teacher"), "--images",
               str(pipeline["work"] / "photos"), "--out", str(pipeline["work"] / "pseudo" / "transfer"),
               "--crop-scale", "1.5"])  # fmt: skip
+
+
+def test_plateau_scheduler_divides_the_lr_on_a_flat_monitor_down_to_min_lr():
+    from faceparse.tasks import SegmentationTask
+
+    task = SegmentationTask(
+        "consensus_net", "ce", "cofw_occlusion", {"width": 8, "input_size": 64}, lr=1e-3, optimizer="adam",
+        scheduler="plateau", gamma=0.1, patience=1, min_lr=1e-5,
+    )  # fmt: skip
+    conf = task.configure_optimizers()
+    sched = conf["lr_scheduler"]
+    assert sched["monitor"] == "val/rec_all" and sched["interval"] == "epoch"
+    assert isinstance(sched["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
+    opt = conf["optimizer"]
+    lrs = []
+    for value in [0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]:  # mode max: 0.6 then no gain
+        sched["scheduler"].step(value)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[:3] == [1e-3, 1e-3, 1e-3]
+    assert lrs[3] == pytest.approx(1e-4) and lrs[5] == pytest.approx(1e-5) and lrs[-1] == pytest.approx(1e-5)
+    with pytest.raises(FaceParseError, match="scheduler"):
+        SegmentationTask("consensus_net", "ce", "cofw_occlusion", {"width": 8}, scheduler="plateaux")
