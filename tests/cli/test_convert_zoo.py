@@ -11,7 +11,9 @@ own SegFormer (saved with ``save_pretrained`` as on the Hub) and from the consen
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import math
 from pathlib import Path
@@ -145,19 +147,47 @@ def astronaut(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> dict[str, tuple[Path, str] | str]:
+    """Each format's checkpoint through ``faceparse convert auto``: fmt -> (model folder, printed text),
+    or the reason the format's converter is not in this checkout."""
+    out: dict[str, tuple[Path, str] | str] = {}
+    for fmt, build in BUILDERS.items():
+        try:
+            FORMATS[fmt].function(FORMATS[fmt].convert)
+        except FaceParseError as exc:
+            out[fmt] = f"converter of '{fmt}' not in this checkout: {exc}"
+            continue
+        base = tmp_path_factory.mktemp(fmt.replace("-", "_"))
+        try:
+            src = build(base)
+        except pytest.skip.Exception as exc:  # e.g. transformers not installed
+            out[fmt] = str(exc)
+            continue
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            status = main(["convert", "auto", str(src), str(base / "model")])
+        assert status == 0, (fmt, text.getvalue())
+        out[fmt] = (base / "model", text.getvalue())
+    return out
+
+
+def _get(converted, fmt: str) -> tuple[Path, str]:
+    found = converted[fmt]
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
+
+
 def test_every_format_has_a_builder():
     assert set(BUILDERS) == set(FORMATS)
 
 
 @pytest.mark.parametrize("fmt", list(BUILDERS))
-def test_convert_auto_predict_export(fmt, tmp_path, astronaut, capsys):
-    _landed(fmt)
-    src = BUILDERS[fmt](tmp_path)
-    out = tmp_path / "model"
-
-    assert main(["convert", "auto", str(src), str(out)]) == 0
-    printed = capsys.readouterr().out
+def test_convert_auto_predict_export(fmt, converted, tmp_path, astronaut, capsys):
+    out, printed = _get(converted, fmt)
     assert f"recognised format '{fmt}'" in printed, printed
+    assert f"converting as: faceparse convert {fmt} " in printed
     assert f"wrote {out}" in printed
     config = json.loads((out / "config.json").read_text())
     model = faceparse.load_model(out)
@@ -174,7 +204,7 @@ def test_convert_auto_predict_export(fmt, tmp_path, astronaut, capsys):
 
     # export: where the architecture allows (every exportable registered model is also exported at a
     # tiny size by tests/inference/test_export.py); one fixed size keeps this quick
-    export = ["export", "--model", str(out), "--size", EXPORT_SIZE, "--no-dynamic"]
+    export = ["export", "--model", str(out), "--size", EXPORT_SIZE, "--no-dynamic", "--out", str(tmp_path / "m.onnx")]
     name = config.get("registry_name")
     cfg = faceparse.MODELS.cfg(name) if name and name in faceparse.MODELS else None
     reason = NOT_EXPORTABLE.get(fmt) or (cfg.not_exportable_reason if cfg is not None else "")
@@ -184,7 +214,27 @@ def test_convert_auto_predict_export(fmt, tmp_path, astronaut, capsys):
         return
     pytest.importorskip("onnxruntime")
     assert main(export) == 0  # and onnxruntime matched PyTorch
-    assert (out / "model.onnx").stat().st_size > 0
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+
+
+def test_leaderboard_scores_every_converted_model(converted, tmp_path, capsys):
+    """Every converted model in one `faceparse leaderboard` table (evaluate's protocol per cell), on a
+    CelebAMask-HQ fixture tree, labels mapped by name."""
+    from faceparse.data.synthetic import SyntheticFaces
+
+    models = {fmt: found[0] for fmt, found in converted.items() if not isinstance(found, str)}
+    if len(models) < 2:
+        pytest.skip("fewer than two converters in this checkout")
+    SyntheticFaces(split="test", num_samples=10, image_size=64).write_celebamask_hq(tmp_path / "celeb", num_faces=10)
+    table = tmp_path / "board.md"
+    args = ["leaderboard", "--models", *map(str, models.values()), "--dataset", f"celebamask_hq:{tmp_path / 'celeb'}"]
+    assert main([*args, "--limit", "1", "--out", str(table), "--cache", str(tmp_path / "cache")]) == 0
+    rows = [line for line in table.read_text().splitlines() if line.startswith("|")][2:]
+    assert len(rows) == len(models)
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == "celebamask_hq"
+        assert 0.0 <= float(cells[4]) <= 100.0  # mean F1 without background, in percent
 
 
 # ------------------------------------------------------------------------------------- errors
