@@ -171,6 +171,7 @@ def teacher_arguments(parser) -> None:
     parser.add_argument("--faces", default="largest", choices=["largest", "all"])
     parser.add_argument("--min-score", type=float, default=0.0)
     parser.add_argument("--limit", type=NonNegativeInt, default=0, help="at most this many new photos (0: all)")
+    parser.add_argument("--batch-size", type=PositiveInt, default=32, help="crops per teacher forward pass")
     parser.add_argument("--device", default="cpu")
 
 

@@ -47,20 +47,23 @@ META_NAME = "pseudo_labels.json"
 LABEL_DIR = "labels"
 
 
-def _teacher_probs(net: Any, crop: np.ndarray, size: int, device: str) -> np.ndarray:
-    """Softmax of the teacher on one crop (RGB uint8), resized to ``size`` (bilinear): K x size x size."""
+def _teacher_probs(net: Any, crops: Sequence[np.ndarray], size: int, device: str) -> np.ndarray:
+    """Softmax of the teacher on a batch of crops (RGB uint8), resized to ``size`` (bilinear):
+    N x K x size x size."""
     import torch
     import torch.nn.functional as F
 
     in_size = net.default_input_size
     in_hw = (in_size, in_size) if isinstance(in_size, int) else tuple(in_size)
-    x = cv2.resize(crop, (in_hw[1], in_hw[0]), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
-    x = (x - np.asarray(net.input_mean, np.float32)) / np.asarray(net.input_std, np.float32)
-    t = torch.from_numpy(x.transpose(2, 0, 1)).unsqueeze(0).to(device)
+    mean, std = np.asarray(net.input_mean, np.float32), np.asarray(net.input_std, np.float32)
+    x = np.stack(
+        [(cv2.resize(c, (in_hw[1], in_hw[0]), interpolation=cv2.INTER_LINEAR) / 255.0 - mean) / std for c in crops]
+    ).astype(np.float32)
+    t = torch.from_numpy(x.transpose(0, 3, 1, 2)).to(device)
     with torch.no_grad():
         logits = net(t)
         probs = F.interpolate(logits.float().softmax(1), size=(size, size), mode="bilinear", align_corners=False)
-    return probs[0].cpu().numpy()
+    return probs.cpu().numpy()
 
 
 def pseudo_labels_teacher(
@@ -75,11 +78,13 @@ def pseudo_labels_teacher(
     faces: str = "largest",
     min_score: float = 0.0,
     limit: int = 0,
+    batch_size: int = 32,
     device: str = "cpu",
 ) -> str:
     """Label the faces of a photo folder with a teacher model (see the module docstring).
 
-    Resumes: photos already in ``OUT_DIR/faces.jsonl`` are not read again. Returns a summary line.
+    The teacher runs on batches of ``batch_size`` crops. Resumes: photos already in
+    ``OUT_DIR/faces.jsonl`` are not read again. Returns a summary line.
     """
     from tqdm import tqdm
 
@@ -116,25 +121,39 @@ def pseudo_labels_teacher(
 
     n_faces = n_skipped = 0
     bar = tqdm(records, total=len(files), desc="pseudo-labels teacher", unit="photo")
+    pending: list[dict[str, Any]] = []  # photos whose labels are not written yet
+    crops: list[tuple[str, np.ndarray]] = []
+
+    def flush(fh: Any) -> None:
+        if crops:
+            probs = _teacher_probs(net, [c for _, c in crops], crop_size, device)
+            for (key, _), p in zip(crops, probs):
+                if soft:
+                    tmp = out / LABEL_DIR / f"{key}.tmp.npy"
+                    np.save(tmp, p.astype(np.float16))
+                    tmp.replace(out / LABEL_DIR / f"{key}.npy")
+                else:
+                    cv2.imwrite(str(out / LABEL_DIR / f"{key}.png"), p.argmax(0).astype(np.uint8))
+            crops.clear()
+        for rec in pending:  # after the labels: a line marks its photo done
+            fh.write(json.dumps(rec) + "\n")
+        fh.flush()
+        pending.clear()
+
     with open(index, "a") as fh:
         for rec in bar:
             if "faces" in rec:
                 photo = read_image(Path(images) / rec["image"], exif=True)
                 for face in rec["faces"]:
-                    crop, _ = crop_face(photo, face["crop"], crop_size)
-                    probs = _teacher_probs(net, crop, crop_size, device)
-                    if soft:
-                        tmp = out / LABEL_DIR / f"{face['key']}.tmp.npy"
-                        np.save(tmp, probs.astype(np.float16))
-                        tmp.replace(out / LABEL_DIR / f"{face['key']}.npy")
-                    else:
-                        cv2.imwrite(str(out / LABEL_DIR / f"{face['key']}.png"), probs.argmax(0).astype(np.uint8))
+                    crops.append((face["key"], crop_face(photo, face["crop"], crop_size)[0]))
                     n_faces += 1
             else:
                 n_skipped += 1
-            fh.write(json.dumps(rec) + "\n")  # after the labels: the line marks the photo done
-            fh.flush()
+            pending.append(rec)
+            if len(crops) >= batch_size:
+                flush(fh)
             bar.set_postfix(faces=n_faces, skipped=n_skipped)
+        flush(fh)
     records_all = read_index(index)
     total_faces = sum(len(r.get("faces", [])) for r in records_all)
     total_skipped = sum("skipped" in r for r in records_all)

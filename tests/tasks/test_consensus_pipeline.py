@@ -73,7 +73,7 @@ def pipeline(tmp_path_factory):
     mp.chdir(work)
     try:
         teach = ["pseudo-labels", "teacher", "--model", "teacher", "--images", "photos"]
-        assert main([*teach, "--out", "pseudo/transfer"]) in (0, None)
+        assert main([*teach, "--out", "pseudo/transfer", "--batch-size", "3"]) in (0, None)  # batches span photos
         lines_first = Path("pseudo/transfer/faces.jsonl").read_text()
         assert main([*teach, "--out", "pseudo/transfer"]) in (0, None)  # resume: nothing new
         assert main([*teach, "--out", "pseudo/transfer_soft", "--soft", "--limit", "2"]) in (0, None)
