@@ -118,11 +118,19 @@ def segformer_hf(cfg) -> None:
 
 def farl_arguments(parser) -> None:
     _common_arguments(parser, "facer's FaRL face-parsing TorchScript file (face_parsing.farl.*.pt)")
+    parser.add_argument("--input-size", type=PositiveInt, default=None, help="default: the release's (448)")
+    parser.add_argument(
+        "--warp", choices=["tanh", "similarity", "none"], default=None, help="face crop (default: the release's)"
+    )
+    parser.add_argument("--warp-factor", type=float, default=None, help="tanh-warp factor (default: the release's)")
 
 
 def farl(cfg) -> None:
-    """Wrap a FaRL face-parsing TorchScript file (facer's release) as a faceparse model folder."""
-    _run("farl", cfg)
+    """Wrap a FaRL face-parsing TorchScript file (facer's release) as a faceparse model folder.
+
+    Loading a TorchScript file runs the program it holds (faceparse.models.farl explains what that
+    does and does not execute): convert only files from sources you trust."""
+    _run("farl", cfg, input_size=cfg.input_size, warp=cfg.warp, warp_factor=cfg.warp_factor)
 
 
 def auto_arguments(parser) -> None:

@@ -309,3 +309,21 @@ def test_segface_options_are_read_from_the_checkpoint(tmp_path):
     assert found.options == {"backbone": "mobilenet_v3_large", "dataset": "celebamask_hq"}
     name, reason = found
     assert "19 class tokens" in reason and "mobilenet_v3_large" in reason
+
+
+def test_named_format_commands_and_their_options(tmp_path, capsys):
+    bisenet_file, farl_file = _bisenet(tmp_path), _farl(tmp_path)
+    assert main(["convert", "bisenet", str(bisenet_file), str(tmp_path / "b"), "--label-set", "generic_19"]) == 0
+    assert faceparse.load_model(tmp_path / "b").label_set.name == "generic_19"
+    # a file of another format, named explicitly: the converter's matcher says why not
+    assert main(["convert", "parsenet", str(bisenet_file), str(tmp_path / "p")]) == 2
+    assert "no ParseNet keys" in capsys.readouterr().err
+    _landed("farl")
+    args = ["convert", "farl", str(farl_file), str(tmp_path / "f"), "--input-size", "96", "--warp", "none"]
+    assert main(args) == 0
+    farl = faceparse.load_model(tmp_path / "f")
+    assert (farl.default_input_size, farl.warp, farl.label_set.name) == (96, "none", "lapa")
+    assert main(["convert", "farl", str(farl_file), str(tmp_path / "g"), "--label-set", "celebm"]) == 2
+    assert "outputs 11 classes but label set 'celebamask_hq' has 19" in capsys.readouterr().err
+    assert main(["convert", "farl", str(tmp_path / "missing.pt"), str(tmp_path / "h")]) == 2
+    assert "checkpoint" in capsys.readouterr().err
