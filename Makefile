@@ -1,7 +1,7 @@
 # faceparse: `make demo` runs the main job, `make test` runs the tests. Each installs what it needs.
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
-TEST_EXTRAS := dev,onnx,clip,sam,examples,docs,hub,hf
+TEST_EXTRAS := dev,onnx,clip,sam,examples,docs,hub,hf,s3pot-ref
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: install install-test demo test test-all lint format docs
@@ -12,7 +12,7 @@ install:
 	  || $(PIP) install -e .
 
 install-test:
-	@$(PYTHON) -c "import importlib.metadata as m; m.version('faceparse'); import torch, torchvision, timm, segmentation_models_pytorch, pytest, hypothesis, onnx, onnxruntime, open_clip, segment_anything, skimage, h5py, mkdocs, mkdocstrings, torchdata, huggingface_hub, transformers" 2>/dev/null \
+	@$(PYTHON) -c "import importlib.metadata as m; m.version('faceparse'); import torch, torchvision, timm, segmentation_models_pytorch, pytest, hypothesis, onnx, onnxruntime, open_clip, segment_anything, skimage, h5py, mkdocs, mkdocstrings, torchdata, huggingface_hub, transformers, diffusers" 2>/dev/null \
 	  || $(PIP) install -e ".[$(TEST_EXTRAS)]"
 
 demo: install
