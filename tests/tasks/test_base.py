@@ -84,7 +84,7 @@ def test_cosine_with_warmup_scheduler_steps(total, warmup):
 def test_every_task_derives_from_base_task():
     for cls in (SegmentationTask, WeaklySupervisedTask, OcclusionPromptTask, LandmarkOcclusionTask):
         assert issubclass(cls, BaseTask)
-    assert SegmentationTask.schedulers == ("multistep", "cosine", "none")
+    assert SegmentationTask.schedulers == ("multistep", "cosine", "plateau", "none")
     assert OcclusionPromptTask.scheduler_interval == "epoch"
 
 
