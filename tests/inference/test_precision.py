@@ -157,3 +157,19 @@ def test_onnxruntime_fp32_matches_torch(trained):
     runner = optimize_for_inference(model, "fp32", backend="onnxruntime", input_size=64)
     assert runner.backend == "onnxruntime"
     np.testing.assert_allclose(runner(xv).numpy(), _logits(model, xv).numpy(), atol=1e-3, rtol=1e-3)
+
+
+def test_predictor_precision_int8_matches_fp32_labels(trained):
+    from faceparse.data.synthetic import render_face
+    from faceparse.inference import Predictor
+
+    model = trained[0]
+    image = render_face(np.random.default_rng(5), 64)["image"]
+    fp32 = Predictor(model, input_size=64).predict(image)[0].labels
+    predictor = Predictor(model, input_size=64, precision="int8")
+    assert predictor.precision == "int8"
+    int8 = predictor.predict(image)[0].labels
+    assert fp32.shape == int8.shape == image.shape[:2]
+    assert (fp32 == int8).mean() >= 0.99
+    with pytest.raises(FaceParseError, match="precision='fp8'"):
+        Predictor(model, input_size=64, precision="fp8")
