@@ -418,12 +418,15 @@ class Prediction:
 def model_warp(model: Any, model_dir: str | Path | None = None) -> tuple[str | None, float]:
     """The input geometry a model was trained with: ``(warp, factor)``.
 
-    Read from ``model.preprocess_warp`` / ``model.preprocess_warp_factor`` when the model class sets
-    them, else from ``"warp"`` / ``"warp_factor"`` in the ``config.json`` of ``model_dir``; ``warp``
+    Read from ``model.preprocess_warp`` / ``model.preprocess_warp_factor`` (or ``model.warp`` /
+    ``model.warp_factor``, as FaRL models set them) when the model has them, else from ``"warp"`` /
+    ``"warp_factor"`` in the ``config.json`` of ``model_dir``; ``warp``
     is ``"tanh"``, ``"similarity"``, ``"none"`` or None (not recorded).
     """
     warp = getattr(model, "preprocess_warp", None)
     factor = getattr(model, "preprocess_warp_factor", None)
+    if warp is None and isinstance(getattr(model, "warp", None), str):  # e.g. faceparse.models.farl
+        warp, factor = model.warp, getattr(model, "warp_factor", factor)
     if warp is None and model_dir is not None:
         config = Path(model_dir) / "config.json"
         try:

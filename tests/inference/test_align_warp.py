@@ -314,3 +314,17 @@ def test_anti_aliased_crops_keep_the_geometry_of_the_direct_warp():
     maps = src.reshape(64, 64, 2).astype(np.float32)
     direct = cv2.remap(img, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR)
     assert np.abs(warp_image(img, m, 64).astype(float) - direct).mean() < 3.0
+
+
+def test_auto_alignment_follows_what_the_model_records(tmp_path):
+    lab = face_label_map(256, 256)
+    image = painted(lab)
+    model = ColourIsClass(64)
+    model.warp, model.warp_factor = "tanh", 0.5  # as faceparse.models.farl records its LaPa geometry
+    meas = Face((150.0, 150.0, 350.0, 400.0), 1.0, POINTS * 0.5, landmarks_estimated=False)
+    pred = Predictor(model, detector=lambda im: [meas]).predict(image)[0]
+    assert pred.faces[0].align == "tanh" and pred.faces[0].path == PATH_MEASURED
+    predictor = Predictor(model, detector=lambda im: [meas])
+    assert predictor.model_warp == "tanh" and predictor.warp_factor == 0.5
+    # a model that records nothing: similarity for measured landmarks
+    assert Predictor(ColourIsClass(64), detector=lambda im: [meas]).predict(image)[0].faces[0].align == "similarity"
