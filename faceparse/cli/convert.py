@@ -144,7 +144,7 @@ def auto_arguments(parser) -> None:
 
 def auto(cfg) -> None:
     """Recognise the checkpoint's format from its key names and shapes (read safely), say which and why,
-    then convert it with that format's default options."""
+    then convert it with that format's default options (SegFace: backbone and dataset read from the file)."""
     from pathlib import Path
 
     if not Path(cfg.src).is_dir():
