@@ -7,7 +7,8 @@ Learning" (``../shared/seeds/003_6ddb126b2bb8e55f.txt``). Public code: github.co
 Pipeline (paper Fig. 3), everything but the screening layer is a frozen SAM:
 
 1. **Reference** ``I_r``: an occlusion-free version of the face (paper: E4S regional GAN inversion;
-   here a folder of user references or the OpenCV fallback of :mod:`faceparse.models.s3pot.references`).
+   here a local diffusers inpainting pipeline (:mod:`faceparse.models.s3pot.generation`), a folder of
+   user references or the OpenCV fallback of :mod:`faceparse.models.s3pot.references`).
 2. **Feature enhancement (FE, Sec. 3.2)**: SAM's image encoder gives tokens ``Z`` and ``Z_r``; the
    initial point ``p_i`` is the token of highest cosine similarity between them inside the face
    region; SAM's prompt encoder embeds ``p_i`` and SAM's mask-decoder two-way transformer runs with
