@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+import faceparse
 from faceparse.errors import FaceParseError
 from faceparse.tasks.base import BaseTask, cosine_with_warmup
 from faceparse.tasks.maskfpan import LandmarkOcclusionTask
@@ -135,3 +137,19 @@ def test_log_results_stores_floats_and_vectors_and_logs_names(tmp_path):
     assert {"val/loss", "val/mean_f1", "val/miou", "val/pixel_acc"} <= logged
     assert any(k.startswith("val/f1/") for k in logged)
     assert abs(float(trainer.callback_metrics["val/mean_f1"]) - val["mean_f1"]) < 1e-6
+
+
+@pytest.mark.parametrize("align, expected", [("tanh", "tanh"), (True, "similarity"), (False, None)])
+def test_save_pretrained_records_the_training_warp(tmp_path, align, expected):
+    from types import SimpleNamespace
+
+    from faceparse.inference import model_warp
+    from faceparse.tasks.callbacks import SavePretrained
+
+    model = faceparse.build_model("unet", **faceparse.registry.MODELS.cfg("unet").tiny, label_set="lapa")
+    trainer = SimpleNamespace(is_global_zero=True, datamodule=SimpleNamespace(dataset_kwargs={"align": align}))
+    SavePretrained(str(tmp_path / "m")).on_fit_end(trainer, SimpleNamespace(model=model))
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config.get("warp") == expected
+    loaded = faceparse.load_model(tmp_path / "m")
+    assert model_warp(loaded, tmp_path / "m")[0] == expected
