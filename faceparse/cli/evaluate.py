@@ -20,7 +20,13 @@ def evaluate_arguments(parser) -> None:
     )
     parser.add_argument("--flip-tta", action=yes_no(), default=False)
     parser.add_argument("--original-resolution", action=yes_no(), default=False)
-    parser.add_argument("--align", action=yes_no(), default=False, help="5-point face alignment")
+    parser.add_argument("--align", action=yes_no(), default=False, help="align faces from the dataset's 5 landmarks")
+    parser.add_argument(
+        "--align-mode",
+        choices=["similarity", "tanh"],
+        default="similarity",
+        help="with --align: 5-point similarity, or the RoI tanh-warp (LaPa's protocol in SegFace/FaRL)",
+    )
     parser.add_argument("--limit", type=NonNegativeInt, default=0, help="score only the first N faces (0: all)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -58,7 +64,7 @@ def evaluate(cfg) -> None:
             raise FaceParseError(f"dataset '{cfg.dataset}' needs --root: the folder that holds it")
     kwargs["mean"], kwargs["std"] = tuple(model.input_mean), tuple(model.input_std)
     if cfg.align:
-        kwargs["align"] = True
+        kwargs["align"] = "tanh" if cfg.align_mode == "tanh" else True
     ds = build_dataset(cfg.dataset, **kwargs)
     res = run_evaluation(
         model,

@@ -58,25 +58,13 @@ def _table(text: str) -> tuple[list[str], list[list[str]]]:
 def _evaluate_cli(capsys, model: str, dataset: str, root: str, size: int) -> dict[str, str]:
     """The same cell scored apart from the leaderboard: class or summary name -> F1 / mIoU text (in %).
 
-    CelebAMask-HQ: what `faceparse evaluate` prints. LaPa: its protocol is the RoI tanh-warp, which
-    `faceparse evaluate --align` (similarity only) cannot ask for, so the dataset is built here with
-    ``align="tanh"`` and scored with ``faceparse.evaluate.evaluate`` at the original resolution.
+    What `faceparse evaluate` prints; LaPa under its protocol: the RoI tanh-warp, scored at the
+    original resolution (``--align --align-mode tanh --original-resolution``).
     """
-    if dataset == "lapa":
-        net = faceparse.load_model(model)
-        ds = faceparse.build_dataset(
-            "lapa", root=root, split="test", image_size=size, mean=tuple(net.input_mean), std=tuple(net.input_std),
-            align="tanh",
-        )  # fmt: skip
-        res = faceparse.evaluate.evaluate(net, ds, original_resolution=True)
-        pct = lambda v: "nan" if np.isnan(v) else f"{100 * v:.2f}"
-        return {
-            "mean F1 (no bg)": pct(res["mean_f1"]),
-            "mIoU (with bg)": pct(res["miou"]),
-            **{c: pct(v) for c, v in res["f1"].items()},
-        }
     args = ["evaluate", "--model", model, "--dataset", dataset, "--root", root, "--split", "test"]
     args += ["--image-size", str(size)]
+    if dataset == "lapa":
+        args += ["--align", "--align-mode", "tanh", "--original-resolution"]
     capsys.readouterr()
     assert main(args) == 0
     out = capsys.readouterr().out
