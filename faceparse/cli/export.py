@@ -9,7 +9,9 @@ from faceparse.errors import FaceParseError, require
 
 
 def export_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="model folder written by save_pretrained, or a model name")
+    parser.add_argument(
+        "--model", required=True, help="model folder written by save_pretrained, a model name, or hf-hub:ORG/NAME"
+    )
     parser.add_argument("--format", default="onnx", help="onnx (the only format)")
     parser.add_argument("--out", default=None, help="output file (default: MODEL/model.onnx)")
     parser.add_argument("--size", type=PositiveInt, default=None, help="traced input size (default: the model's)")
@@ -33,10 +35,16 @@ def export(cfg) -> None:
     if cfg.check or cfg.dynamic:
         require("onnxruntime", "onnx")
     from faceparse.export import DEFAULT_OPSET, _load_any, export_onnx
+    from faceparse.hub import download_model, is_hub_id, parse_hub_id
 
+    if is_hub_id(cfg.model):  # written beside the current folder, not into the Hub cache
+        default_target = Path(parse_hub_id(cfg.model)[0].split("/")[-1] + ".onnx")
+        cfg.model = str(download_model(cfg.model))
+    else:
+        src = Path(cfg.model)
+        default_target = src / "model.onnx" if src.is_dir() else Path(f"{cfg.model}.onnx")
     model = _load_any(cfg.model)
-    src = Path(cfg.model)
-    target = Path(cfg.out) if cfg.out else (src / "model.onnx" if src.is_dir() else Path(f"{cfg.model}.onnx"))
+    target = Path(cfg.out) if cfg.out else default_target
     res = export_onnx(
         model,
         target,

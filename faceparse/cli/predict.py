@@ -105,7 +105,13 @@ def predict(cfg) -> int:
     For an S3POT model folder (or with --occlusion) writes <stem>_occlusion.png masks instead.
     """
     out = out_dir(cfg.out_dir)
-    if not Path(cfg.model).exists():  # answered before torch is imported
+    from faceparse.hub import is_hub_id
+
+    if is_hub_id(cfg.model):  # hf-hub:ORG/NAME[@REV]: the cached download folder (docs/hub.md)
+        from faceparse.hub import download_model
+
+        cfg.model = str(download_model(cfg.model))
+    elif not Path(cfg.model).exists():  # answered before torch is imported
         raise FaceParseError(
             f"--model '{cfg.model}' does not exist (expected a folder written by save_pretrained"
             + (", or a .onnx file)" if cfg.backend == "onnxruntime" else ")")

@@ -18,6 +18,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
+import numpy as np
 import pytest
 import torch
 
@@ -336,3 +337,24 @@ def test_torchscript_folders_need_explicit_trust(hub, tmp_path):
     loaded = faceparse.load_model(download_model("hf-hub:org/farl", trust_torchscript=True))
     assert loaded.label_set.name == "lapa" and loaded.warp == "tanh"
     _same_outputs(model, loaded)
+
+
+def test_commands_take_hub_ids(hub, tmp_path, capsys, monkeypatch):
+    """predict, evaluate and export accept --model hf-hub:ORG/NAME (downloaded once into the cache)."""
+    from PIL import Image
+
+    from faceparse.cli import main
+
+    model = _tiny(4)
+    model.push_to_hub("faceparse-tests/cli")
+    image = tmp_path / "face.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", str(image), "--model", "hf-hub:faceparse-tests/cli", "--out-dir", str(tmp_path / "o")]) == 0
+    labels = np.asarray(Image.open(tmp_path / "o" / "face_labels.png"))
+    assert labels.shape == (40, 48)
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--model", "hf-hub:faceparse-tests/cli", "--size", "32"]) == 0
+    assert (tmp_path / "cli.onnx").is_file()
+    downloads = [p for m, p in hub.requests if m == "GET" and p.endswith("/model.safetensors")]
+    assert len(downloads) == 1  # the second command read the cache
+    capsys.readouterr()
