@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from faceparse.labels import LabelSet
 from faceparse.models.base import FaceParsingModel, resolve_label_set
+from faceparse.models.weights import layout_mismatch
 from faceparse.registry import ModelCfg, register_model
 
 PAPER = "BiSeNet (ECCV 2018); face-parsing.PyTorch / facexlib release"
@@ -273,21 +274,9 @@ def match_bisenet(state: Mapping[str, Tensor]) -> tuple[bool, str]:
     k = _num_classes_of(state)
     if k is None or k < 1:
         return False, "conv_out.conv_out.weight is not a 1x1 convolution weight"
-    expected = _expected_shapes(k)
-    optional = {key for key in expected if key.endswith("num_batches_tracked")}
-    missing = sorted(set(expected) - keys - optional)
-    unexpected = sorted(keys - set(expected))
-    wrong = sorted(key for key in keys & set(expected) if tuple(state[key].shape) != expected[key])
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            key = wrong[0]
-            parts.append(f"{len(wrong)} of another shape (e.g. {key} {tuple(state[key].shape)} vs {expected[key]})")
-        return False, "has cp.resnet.*/ffm.*/conv_out.* keys but not the BiSeNet layout: " + ", ".join(parts)
+    mismatch = layout_mismatch(state, _expected_shapes(k))
+    if mismatch:
+        return False, "has cp.resnet.*/ffm.*/conv_out.* keys but not the BiSeNet layout: " + mismatch
     return True, f"has cp.resnet.*, cp.arm16/32.*, ffm.* and conv_out/16/32.* keys; conv_out.conv_out {k} classes"
 
 

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from faceparse.errors import FaceParseError
 from faceparse.labels import LabelSet
 from faceparse.models.base import FaceParsingModel, resolve_label_set
+from faceparse.models.weights import layout_mismatch
 from faceparse.registry import ModelCfg, register_model
 
 PAPER = "PSFRGAN ParseNet (CVPR 2021); facexlib release"
@@ -237,23 +238,11 @@ def match_parsenet(state: Mapping[str, Tensor]) -> tuple[bool, str]:
     k = _num_classes_of(state)
     if k is None or k < 1:
         return False, "out_mask_conv.conv2d.weight is not a convolution weight"
-    expected = _release_shapes(k)
-    optional = {key for key in expected if key.endswith("num_batches_tracked")}
-    missing = sorted(set(expected) - keys - optional)
-    unexpected = sorted(keys - set(expected))
-    wrong = sorted(key for key in keys & set(expected) if tuple(state[key].shape) != expected[key])
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            key = wrong[0]
-            parts.append(f"{len(wrong)} of another shape (e.g. {key} {tuple(state[key].shape)} vs {expected[key]})")
+    mismatch = layout_mismatch(state, _release_shapes(k))
+    if mismatch:
         return False, (
             "has encoder.*/out_mask_conv.* keys but not the released ParseNet layout (512 input, 4 down/up "
-            "steps, 10 body blocks): " + ", ".join(parts)
+            "steps, 10 body blocks): " + mismatch
         )
     n_body = len({key.split(".")[1] for key in keys if key.startswith("body.")})
     return True, (

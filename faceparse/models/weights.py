@@ -93,6 +93,34 @@ def read_state_dict(
     return {str(k).removeprefix("module."): v for k, v in state.items()}
 
 
+def layout_mismatch(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    optional_suffixes: Iterable[str] = ("num_batches_tracked",),
+) -> str:
+    """How ``state`` differs from the key -> shape layout ``expected``; ``""`` when it matches.
+
+    Used by the checkpoint-format matchers (``match_bisenet``, ``match_parsenet``,
+    ``match_consensus``...): counts of missing, unexpected and wrongly shaped keys, each with an
+    example. Keys ending in one of ``optional_suffixes`` (BatchNorm counters, which old PyTorch
+    versions did not save) may be absent.
+    """
+    keys = set(state)
+    optional = {k for k in expected if k.endswith(tuple(optional_suffixes))}
+    missing = sorted(set(expected) - keys - optional)
+    unexpected = sorted(keys - set(expected))
+    wrong = sorted(k for k in keys & set(expected) if tuple(state[k].shape) != tuple(expected[k]))
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} of another shape (e.g. {k} {tuple(state[k].shape)} vs {tuple(expected[k])})")
+    return ", ".join(parts)
+
+
 def _matches(key: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(key, pat) for pat in patterns)
 

@@ -22,6 +22,7 @@ from torch import nn
 from faceparse.errors import FaceParseError, MissingWeightsError
 from faceparse.labels import LabelSet
 from faceparse.models.base import FaceParsingModel, resolve_label_set
+from faceparse.models.weights import layout_mismatch
 from faceparse.registry import ModelCfg, register_model
 
 
@@ -226,12 +227,7 @@ def match_consensus(state: dict[str, torch.Tensor]) -> tuple[bool, str]:
     with torch.device("meta"):
         ref = ConsensusNet(label_set=f"generic_{k}")
     expected = {name: tuple(t.shape) for name, t in ref.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(n for n in set(expected) & set(state) if tuple(state[n].shape) != expected[n])
-    if missing or unexpected or wrong:
-        return False, (
-            f"model_enc/model_class keys, but not the official width-64 layout: {len(missing)} missing "
-            f"{missing[:2]}, {len(unexpected)} unexpected {unexpected[:2]}, {len(wrong)} of another shape {wrong[:2]}"
-        )
+    mismatch = layout_mismatch(state, expected, optional_suffixes=())
+    if mismatch:
+        return False, f"model_enc/model_class keys, but not the official width-64 layout: {mismatch}"
     return True, f"model_enc/model_dilation/model_dec/model_class keys of the official consensus_net; {k} classes"
