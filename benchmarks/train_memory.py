@@ -59,7 +59,10 @@ def one(name: str, batch: int, size: int, checkpoint: bool, loss_name: str = "ce
     before = _rss_bytes()
     t0 = time.perf_counter()
     with PeakMemory() as mem:
-        loss, _ = loss_value(loss_fn(model(x), {"mask": y}))  # the training step's loss, aux heads included
+        out = model(x)
+        after_forward = mem.live  # activations saved for backward, and the outputs
+        loss, _ = loss_value(loss_fn(out, {"mask": y}))  # the training step's loss, aux heads included
+        after_loss, peak_to_loss = mem.live, mem.peak
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -74,6 +77,9 @@ def one(name: str, batch: int, size: int, checkpoint: bool, loss_name: str = "ce
         "peak_rss_gib": peak / 2**30,
         "step_delta_gib": (peak - before) / 2**30,
         "live_tensor_peak_gib": mem.peak / 2**30,
+        "after_forward_gib": after_forward / 2**30,
+        "after_loss_gib": after_loss / 2**30,
+        "peak_until_loss_gib": peak_to_loss / 2**30,
         "logits_gib": batch * k * s * s * 4 / 2**30,
         "step_s": step_s,
         "checkpoint": checkpoint,
@@ -118,6 +124,8 @@ def main(argv=None) -> int:
         ("peak_rss_gib", "{:.2f}"),
         ("step_delta_gib", "{:.2f}"),
         ("live_tensor_peak_gib", "{:.2f}"),
+        ("after_forward_gib", "{:.2f}"),
+        ("after_loss_gib", "{:.2f}"),
         ("logits_gib", "{:.3f}"),
         ("step_s", "{:.1f}"),
         ("loss", "{}"),
@@ -133,7 +141,8 @@ def main(argv=None) -> int:
         f"each model in its own process; load average at start {load0}, at end {load_average()}, "
         f"total {time.perf_counter() - t0:.0f} s",
         "- step_delta = peak RSS (ru_maxrss) - RSS before the step; live_tensor_peak = exact peak of live "
-        "tensors allocated during the step (PeakMemory); logits = one B x K x H x W fp32 tensor",
+        "tensors allocated during the step (PeakMemory); after_forward / after_loss = live tensors "
+        "after the forward pass / after the loss (what backward starts from); logits = one B x K x H x W fp32 tensor",
         "",
         "| " + " | ".join(c for c, _ in cols) + " | error |",
         "|" + "---|" * (len(cols) + 1),
