@@ -59,9 +59,17 @@ def test_kill_minus_9_at_many_points_never_leaves_an_unloadable_folder(tmp_path)
 
     current, outcomes = 0.0, {"old": 0, "new": 0}
     points = 24
-    for i in range(1, points + 1):
+    # kill points spread over the whole first save and a bit past it; a later save (which replaces a
+    # folder) can take longer than the first, so while no kill has come after a save completed, further
+    # points wait 2x, 4x, ... the first save's time (at most 6 more)
+    delays = [save_seconds * 1.3 * (i - 1) / (points - 1) for i in range(1, points + 1)]
+    for i in range(1, points + 7):
+        if i > points:
+            if outcomes["new"]:
+                break
+            delays.append(save_seconds * 2 ** (i - points))
         pid, r = _save_in_child(folder, i)
-        time.sleep(save_seconds * 1.3 * (i - 1) / (points - 1))  # spread over the whole save, and a bit past it
+        time.sleep(delays[i - 1])
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(r)
@@ -70,7 +78,7 @@ def test_kill_minus_9_at_many_points_never_leaves_an_unloadable_folder(tmp_path)
         outcomes["new" if fill == float(i) else "old"] += 1
         assert (folder / "notes.txt").read_text() == "kept across saves"
         current = fill
-    print(f"kill points {points}: {outcomes}")
+    print(f"kill points {len(delays)}: {outcomes}")
     assert outcomes["old"] > 0 and outcomes["new"] > 0, outcomes
     # the next save removes what interrupted saves left beside the folder
     faceparse.build_model("unet", encoder="resnet18", input_size=64).save_pretrained(folder)
