@@ -144,7 +144,7 @@ def main() -> None:
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {cpu}, {os.cpu_count()} logical cores (2-core shared CPU, no GPU), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), OpenCV {cv2.__version__}",
-        f"- command: `nice -n 10 python benchmarks/predict_throughput.py --model {args.model} --repeats "
+        f"- command: `python benchmarks/predict_throughput.py --model {args.model} --repeats "
         f"{args.repeats} --folder-images {args.folder_images} --frames {args.frames} --video-size {args.video_size}"
         + (f" --out {args.out}`" if args.out else "`"),
         f"- model: {args.model} at its default input {size} px, random weights, fp32, batch size 8 (folder, video)",
