@@ -399,3 +399,18 @@ def resolve_label_set(
             f"num_classes={num_classes} does not match label set '{ls.name}' ({ls.num_classes} classes)"
         )
     return ls
+
+
+def checkpoint_label_set(
+    label_set: str | LabelSet | None, num_classes: int, default: str, what: str, src: Any
+) -> LabelSet:
+    """Label set of a converted checkpoint that predicts ``num_classes``: ``label_set`` when given, else
+    ``default`` when it has that many classes, else ``generic_<K>``; a count mismatch names the file."""
+    if label_set is None:
+        label_set = default if get_label_set(default).num_classes == num_classes else f"generic_{num_classes}"
+    labels = resolve_label_set(label_set)
+    if labels.num_classes != num_classes:
+        raise FaceParseError(
+            f"{what} '{src}' predicts {num_classes} classes but label set '{labels.name}' has {labels.num_classes}"
+        )
+    return labels

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceparse.labels import LabelSet
-from faceparse.models.base import FaceParsingModel, resolve_label_set
+from faceparse.models.base import FaceParsingModel, checkpoint_label_set, resolve_label_set
 from faceparse.models.weights import layout_mismatch
 from faceparse.registry import ModelCfg, register_model
 
@@ -297,14 +297,7 @@ def convert_bisenet(src: str | Path, out_dir: str | Path, label_set: str | Label
     ok, why = match_bisenet(state)
     if not ok:
         raise FaceParseError(f"{what} '{src}' is not a BiSeNet face-parsing checkpoint: {why}")
-    k = _num_classes_of(state)
-    if label_set is None:
-        label_set = DEFAULT_LABEL_SET if k == 19 else f"generic_{k}"
-    labels = resolve_label_set(label_set)
-    if labels.num_classes != k:
-        raise FaceParseError(
-            f"{what} '{src}' predicts {k} classes but label set '{labels.name}' has {labels.num_classes}"
-        )
+    labels = checkpoint_label_set(label_set, _num_classes_of(state), DEFAULT_LABEL_SET, what, src)
     model = BiSeNet(label_set=labels)
     load_weights(model, state, src, what=what, allow_missing=("*.num_batches_tracked",))
     model.registry_name = "bisenet"

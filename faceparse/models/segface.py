@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -588,10 +589,11 @@ def _load_official(src: str, unsafe_load: bool) -> dict[str, Tensor]:
     )
 
 
-def _matching_backbones(state: dict[str, Tensor], dataset: str) -> list[str]:
-    """Backbones whose (meta-device) SegFace has exactly the shapes of a converted ``state``."""
+def _matching_backbones(state: dict[str, Tensor], dataset: str, candidates: Iterable[str] | None = None) -> list[str]:
+    """Backbones (of ``candidates``, default all) whose (meta-device) SegFace has exactly the shapes of
+    a converted ``state``."""
     hits = []
-    for name in BACKBONES:
+    for name in BACKBONES if candidates is None else candidates:
         try:
             mapped = convert_official_state_dict(state, name, dataset)
         except (FaceParseError, ValueError):
@@ -673,17 +675,7 @@ def _official_backbones(state: dict[str, Tensor], dataset: str) -> list[str]:
         w = state.get(f"linear_c.{i}.proj.weight")
         widths.append(int(w.shape[1]) if isinstance(w, Tensor) and w.dim() == 2 else None)
     candidates = [n for n, spec in BACKBONES.items() if tuple(widths) == spec.channels]
-    hits = []
-    for name in candidates:
-        try:
-            mapped = convert_official_state_dict(state, name, dataset)
-        except (FaceParseError, ValueError):
-            continue
-        with torch.device("meta"):
-            ref = SegFace(backbone=name, label_set=_DATASET_LABELS[dataset]).state_dict()
-        if set(ref) == set(mapped) and all(ref[k].shape == mapped[k].shape for k in ref):
-            hits.append(name)
-    return hits
+    return _matching_backbones(state, dataset, candidates)
 
 
 def match_segface(state: dict[str, Tensor]) -> tuple[bool, str]:
