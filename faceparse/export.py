@@ -163,6 +163,21 @@ def tiny_kwargs(name: str) -> dict[str, Any]:
     return dict(MODELS.cfg(name).tiny or {})
 
 
+def tiny_param_count(name: str) -> float:
+    """Parameters of the tiny build of ``name``, counted on the meta device (no memory, no init
+    compute); ``inf`` when it cannot be built there (the tests then treat it as heavy)."""
+    import torch
+
+    import faceparse
+
+    try:
+        with torch.device("meta"):
+            model = faceparse.build_model(name, **tiny_kwargs(name))
+        return float(sum(p.numel() for p in model.parameters()))
+    except Exception:
+        return float("inf")
+
+
 def tiny_input_size(name: str, default: int = 64) -> int:
     """Spatial size for a tiny test build: ``tiny["input_size"]``, metadata ``tiny_input_size``,
     else ``default``."""

@@ -31,7 +31,7 @@ from faceparse.export import (
     check_onnx,
     export_onnx,
     read_onnx_metadata,
-    tiny_kwargs,
+    tiny_param_count,
 )
 from faceparse.inference import Predictor
 
@@ -41,22 +41,12 @@ pytest.importorskip("onnxruntime")
 HEAVY_PARAMS = 30e6
 
 
-def _tiny_param_count(name: str) -> float:
-    """Parameters of the tiny build, counted on the meta device (no memory, no init compute)."""
-    try:
-        with torch.device("meta"):
-            model = faceparse.build_model(name, **tiny_kwargs(name))
-        return float(sum(p.numel() for p in model.parameters()))
-    except Exception:
-        return float("inf")
-
-
 def _cases() -> list:
     cases = []
     for name in faceparse.list_models():
         if name in NOT_EXPORTABLE:
             continue
-        heavy = _tiny_param_count(name) > HEAVY_PARAMS
+        heavy = tiny_param_count(name) > HEAVY_PARAMS
         cases.append(pytest.param(name, marks=[pytest.mark.slow] if heavy else [], id=name))
     return cases
 

@@ -17,7 +17,7 @@ import torch
 
 import faceparse
 from faceparse.errors import FaceParseError
-from faceparse.export import build_tiny, exportable_models, tiny_kwargs
+from faceparse.export import build_tiny, exportable_models, tiny_param_count
 from faceparse.precision import (
     PrecisionFallbackWarning,
     cpu_supports_bf16,
@@ -32,18 +32,9 @@ pytest.importorskip("onnxruntime")
 HEAVY_PARAMS = 15e6
 
 
-def _tiny_params(name: str) -> float:
-    try:
-        with torch.device("meta"):
-            model = faceparse.build_model(name, **tiny_kwargs(name))
-        return float(sum(p.numel() for p in model.parameters()))
-    except Exception:
-        return float("inf")
-
-
 def _cases() -> list:
     return [
-        pytest.param(n, marks=[pytest.mark.slow] if _tiny_params(n) > HEAVY_PARAMS else [], id=n)
+        pytest.param(n, marks=[pytest.mark.slow] if tiny_param_count(n) > HEAVY_PARAMS else [], id=n)
         for n in exportable_models()
     ]
 
