@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_grounding_dino import save_tiny_grounding_dino
 
 transformers = pytest.importorskip("transformers")
 
@@ -16,46 +17,11 @@ from faceparse.data.disfacerep_ccd import CCDDataset, select_boxes  # noqa: E402
 from faceparse.data.disfacerep_grounding import GroundingBoxes, prompt_spans  # noqa: E402
 from faceparse.errors import MissingWeightsError  # noqa: E402
 
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "nose", "eye", "eyebrow", "ear", "mouth", "a", "face"]
-
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A random Grounding DINO (Swin + BERT, a few thousand parameters per part) with a WordPiece
-    tokenizer from a vocabulary file, saved as transformers would ship it."""
-    from transformers import (
-        BertConfig,
-        BertTokenizerFast,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
-        SwinConfig,
-    )
-
-    folder = tmp_path_factory.mktemp("gdino")
-    (folder / "vocab.txt").write_text("\n".join(WORDS) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
-    proc = GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 128}), tokenizer=tok
-    )
-    swin = SwinConfig(
-        embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=2, image_size=128,
-        out_features=["stage2", "stage3", "stage4"],
-    )  # fmt: skip
-    bert = BertConfig(
-        vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=64,
-    )  # fmt: skip
-    cfg = GroundingDinoConfig(
-        backbone_config=swin, text_config=bert, d_model=32, encoder_layers=1, decoder_layers=2,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        num_queries=10, encoder_n_points=1, decoder_n_points=1, max_text_len=32,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    GroundingDinoForObjectDetection(cfg).eval().save_pretrained(folder)
-    proc.save_pretrained(folder)
-    return folder
+    """A random Grounding DINO with a WordPiece tokenizer (tests/tiny_grounding_dino.py)."""
+    return save_tiny_grounding_dino(tmp_path_factory.mktemp("gdino"))
 
 
 def test_prompt_spans():

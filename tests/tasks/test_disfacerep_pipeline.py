@@ -32,6 +32,7 @@ import fixture_trees as fx
 import numpy as np
 import pytest
 import torch
+from tiny_grounding_dino import save_tiny_grounding_dino
 
 transformers = pytest.importorskip("transformers")
 open_clip = pytest.importorskip("open_clip")
@@ -53,7 +54,6 @@ CLIP = {
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
 }
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "nose", "eye", "eyebrow", "ear", "mouth", "a", "face"]
 TRAINER = [
     "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
     "--trainer.precision", "32", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -67,47 +67,13 @@ def _csv_logger(name: str) -> list[str]:
     return ["--trainer.logger", json.dumps(spec)]
 
 
-def _save_grounding_dino(folder: Path) -> None:
-    """A random Grounding DINO with a WordPiece tokenizer, saved as transformers ships one."""
-    from transformers import (
-        BertConfig,
-        BertTokenizerFast,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
-        SwinConfig,
-    )
-
-    folder.mkdir(parents=True)
-    (folder / "vocab.txt").write_text("\n".join(WORDS) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
-    size = {"shortest_edge": 128, "longest_edge": 128}
-    proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size=size), tokenizer=tok)
-    swin = SwinConfig(
-        embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=2, image_size=128,
-        out_features=["stage2", "stage3", "stage4"],
-    )  # fmt: skip
-    bert = BertConfig(
-        vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=64,
-    )  # fmt: skip
-    cfg = GroundingDinoConfig(
-        backbone_config=swin, text_config=bert, d_model=32, encoder_layers=1, decoder_layers=2,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        num_queries=10, encoder_n_points=1, decoder_n_points=1, max_text_len=32,
-    )  # fmt: skip
-    GroundingDinoForObjectDetection(cfg).eval().save_pretrained(folder)
-    proc.save_pretrained(folder)
-
-
 def _save_weights(weights: Path) -> dict[str, dict[str, torch.Tensor]]:
     """The four local weight files; returns the state dicts written, to check what each stage loaded."""
     import timm
     import torchvision
 
     torch.manual_seed(0)
-    _save_grounding_dino(weights / "grounding-dino-base")
+    save_tiny_grounding_dino(weights / "grounding-dino-base")
     deit = timm.models.vision_transformer.VisionTransformer(
         img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=10
     ).state_dict()
