@@ -37,7 +37,7 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def one(name: str, batch: int, size: int, checkpoint: bool, loss_name: str = "ce_dice") -> dict:
+def one(name: str, batch: int, size: int, loss_name: str = "ce_dice") -> dict:
     """One training step of ``name`` in this process; the figures as a dict."""
     import resource
 
@@ -48,8 +48,7 @@ def one(name: str, batch: int, size: int, checkpoint: bool, loss_name: str = "ce
 
     torch.manual_seed(0)
     s = model_input_size(name, size or None)
-    kwargs = {"gradient_checkpointing": True} if checkpoint else {}
-    model = build_for_bench(name, **kwargs).train()
+    model = build_for_bench(name).train()
     k = model.num_classes
     x = torch.randn(batch, 3, s, s)
     y = torch.randint(0, k, (batch, s, s))
@@ -82,7 +81,6 @@ def one(name: str, batch: int, size: int, checkpoint: bool, loss_name: str = "ce
         "peak_until_loss_gib": peak_to_loss / 2**30,
         "logits_gib": batch * k * s * s * 4 / 2**30,
         "step_s": step_s,
-        "checkpoint": checkpoint,
         "loss": loss_name,
     }
 
@@ -92,7 +90,6 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=FAMILIES)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=0, help="input size (0: each model's default)")
-    p.add_argument("--checkpoint", action="store_true", help="build with gradient_checkpointing=True")
     p.add_argument(
         "--loss", default="ce_dice", help="registered loss (ce: cross-entropy only, to see the Dice term's share)"
     )
@@ -100,7 +97,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(RESULTS / "train_memory.md"))
     args = p.parse_args(argv)
     if args.one:
-        print("RESULT " + json.dumps(one(args.one, args.batch, args.size, args.checkpoint, args.loss)), flush=True)
+        print("RESULT " + json.dumps(one(args.one, args.batch, args.size, args.loss)), flush=True)
         return 0
 
     from faceparse.profiling import load_average, machine_description
@@ -109,7 +106,6 @@ def main(argv=None) -> int:
     rows = []
     for name in [m for m in args.models.split(",") if m]:
         cmd = [sys.executable, __file__, "--one", name, "--batch", str(args.batch), "--size", str(args.size)]
-        cmd += ["--checkpoint"] if args.checkpoint else []
         cmd += ["--loss", args.loss]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         res = [ln[7:] for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
