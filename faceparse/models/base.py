@@ -126,6 +126,35 @@ class FaceParsingModel(PretrainedModule):
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
+    # ------------------------------------------------------------------ activation checkpointing
+    grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in the backward pass instead of storing them (timm's convention).
+
+        Trades compute (about one extra forward pass) for training memory; it changes neither the
+        outputs nor the gradients and has no effect in eval mode or under ``torch.no_grad``. Models
+        that support it return True from ``_supports_grad_checkpointing`` and run their heavy blocks
+        through ``_maybe_checkpoint``; the others raise :class:`FaceParseError`.
+        """
+        if enable and not self._supports_grad_checkpointing():
+            raise FaceParseError(
+                f"{type(self).__name__} does not support activation checkpointing (set_grad_checkpointing)"
+            )
+        self.grad_checkpointing = bool(enable)
+
+    def _supports_grad_checkpointing(self) -> bool:
+        return False
+
+    @torch.jit.unused
+    def _maybe_checkpoint(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, through ``torch.utils.checkpoint`` when checkpointing is on and grads flow."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
     # ------------------------------------------------------------------ save / load
     def get_config(self) -> dict[str, Any]:
         """:meth:`PretrainedModule.get_config` plus the label set, input normalisation and size."""
