@@ -97,6 +97,33 @@ class PretrainedModule(nn.Module):
         return Path(directory)
 
 
+class _KeepBatchNormStats:
+    """Restore the running statistics of ``module``'s BatchNorm layers on exit.
+
+    ``torch.utils.checkpoint`` reruns a block's forward in the backward pass; in train mode that
+    would update each BatchNorm's running mean / variance (and batch count) a second time with the
+    same batch. Wrapped around the recomputation, this keeps them as without checkpointing.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __enter__(self) -> None:
+        bns = [m for m in self.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.saved = [
+            (buf, buf.clone())
+            for m in bns
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
+            if buf is not None
+        ]
+
+    def __exit__(self, *exc: Any) -> None:
+        with torch.no_grad():
+            for buf, value in self.saved:
+                buf.copy_(value)
+        self.saved = []
+
+
 class FaceParsingModel(PretrainedModule):
     """Base class of zoo models.
 
@@ -150,9 +177,14 @@ class FaceParsingModel(PretrainedModule):
     def _maybe_checkpoint(self, fn: Any, *args: Any) -> Any:
         """``fn(*args)``, through ``torch.utils.checkpoint`` when checkpointing is on and grads flow."""
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            import contextlib
+
             from torch.utils.checkpoint import checkpoint
 
-            return checkpoint(fn, *args, use_reentrant=False)
+            def contexts() -> tuple[Any, Any]:  # the recomputation must not update BatchNorm statistics twice
+                return contextlib.nullcontext(), _KeepBatchNormStats(self)
+
+            return checkpoint(fn, *args, use_reentrant=False, context_fn=contexts)
         return fn(*args)
 
     # ------------------------------------------------------------------ save / load
