@@ -439,6 +439,20 @@ def model_warp(model: Any, model_dir: str | Path | None = None) -> tuple[str | N
     return warp, float(DEFAULT_WARP_FACTOR if factor is None else factor)
 
 
+def detect_with(detector: Any, image: np.ndarray) -> list[Face]:
+    """Faces of one RGB image found by ``detector`` (a :class:`~faceparse.detection.FaceDetector` or a
+    callable returning faces or boxes ``(x0, y0, x1, y1[, score])``) as :class:`~faceparse.detection.Face` records."""
+    found = detector.detect(image) if isinstance(detector, _DetectorBase) else detector(image)
+    faces = []
+    for f in found:
+        if isinstance(f, Face):
+            faces.append(f)
+        else:
+            vals = [float(v) for v in f]
+            faces.append(Face(tuple(vals[:4]), vals[4] if len(vals) > 4 else 1.0))  # type: ignore[arg-type]
+    return faces
+
+
 @dataclass
 class _FacePlan:
     image: int
@@ -592,16 +606,7 @@ class Predictor:
         """Faces of one RGB image as :class:`~faceparse.detection.Face` records (any detector type)."""
         if not self.detect_faces or self.detector is None:
             return []
-        det = self.detector
-        found = det.detect(image) if isinstance(det, _DetectorBase) else det(image)
-        faces = []
-        for f in found:
-            if isinstance(f, Face):
-                faces.append(f)
-            else:
-                vals = [float(v) for v in f]
-                faces.append(Face(tuple(vals[:4]), vals[4] if len(vals) > 4 else 1.0))  # type: ignore[arg-type]
-        return faces
+        return detect_with(self.detector, image)
 
     def _align_mode(self, face: Face | None) -> str:
         if self.align != "auto":
@@ -684,15 +689,25 @@ class Predictor:
 
     # ------------------------------------------------------------------ public
     @torch.inference_mode()
-    def predict(self, images: Iterable[Any] | Any, return_probs: bool = False) -> list[Prediction]:
-        """Parse images (paths, arrays, PIL images, or a list of them); one :class:`Prediction` each."""
+    def predict(
+        self, images: Iterable[Any] | Any, return_probs: bool = False, faces: Sequence[list[Face]] | None = None
+    ) -> list[Prediction]:
+        """Parse images (paths, arrays, PIL images, or a list of them); one :class:`Prediction` each.
+
+        ``faces``: the detected faces of each image (:meth:`detect`'s output), when they were found
+        elsewhere (``predict_files`` detects in its DataLoader workers); ``None`` detects here.
+        """
         if isinstance(images, (str, Path, np.ndarray)) or hasattr(images, "convert"):
             images = [images]
         images = list(images)
         arrays = [to_rgb_array(im) for im in images]
         names = [f"'{im}'" if isinstance(im, (str, Path)) else f"image {i}" for i, im in enumerate(images)]
+        if faces is None:
+            faces = [self.detect(arr) for arr in arrays]
+        elif len(faces) != len(arrays):
+            raise FaceParseError(f"predict got {len(arrays)} images but faces for {len(faces)}")
         per_image = [
-            self._faces_or_policy(i, arr, self.detect(arr), name) for i, (arr, name) in enumerate(zip(arrays, names))
+            self._faces_or_policy(i, arr, found, name) for i, (arr, found, name) in enumerate(zip(arrays, faces, names))
         ]
         plans = [p for ps in per_image for p in ps]
         self._run(arrays, plans)
@@ -835,6 +850,7 @@ def predict_files(
     skip_existing: bool = False,
     progress: bool = False,
     precision: str = "fp32",
+    num_workers: int = 0,
 ) -> PredictReport:
     """Parse image files and write ``<stem>_labels.png`` and ``<stem>_overlay.png`` for each.
 
@@ -846,6 +862,12 @@ def predict_files(
     whose two outputs already exist is not parsed again (listed in :attr:`PredictReport.skipped`), so
     a rerun resumes. ``progress`` shows a tqdm bar. ``on_result(path, prediction_or_error)`` is
     called after each image. ``model_dir`` may also be a ready :class:`Predictor`.
+
+    ``num_workers > 0`` decodes the files, and runs face detection when the predictor detects, in
+    that many DataLoader worker processes (one torch thread each, :func:`faceparse.runtime.worker_init`)
+    about one batch ahead, so they overlap the model's forward pass in this process; the outputs,
+    their order and the report are the same as with ``0`` (default: everything in this process).
+    Workers are forked where the platform can (Linux); elsewhere a custom ``detector`` must be picklable.
     """
     if not images:
         raise FaceParseError("no input images given")
@@ -868,7 +890,7 @@ def predict_files(
             precision=precision,
         )
     report = PredictReport()
-    pending: list[tuple[str, np.ndarray, str]] = []
+    pending: list[tuple[str, np.ndarray, str, list[Face] | None]] = []
     stems = output_stems(images)
     bar = None
     if progress:
@@ -882,10 +904,11 @@ def predict_files(
             on_result(path, reason if isinstance(reason, Exception) else FaceParseError(str(reason)))
 
     def flush() -> None:
+        found = None if any(f is None for _, _, _, f in pending) else [f for _, _, _, f in pending]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NoFaceWarning)  # reported per file through the report
-            preds = predictor.predict([arr for _, arr, _ in pending])
-        for (path, _, stem), pred in zip(pending, preds):
+            preds = predictor.predict([arr for _, arr, _, _ in pending], faces=found)
+        for (path, _, stem, _), pred in zip(pending, preds):
             if not pred.face_found:
                 if no_face == "skip":
                     fail(path, f"no face found in '{path}'")
@@ -902,20 +925,23 @@ def predict_files(
             bar.update(len(pending))
         pending.clear()
 
+    todo: list[tuple[str, str]] = []
+    for path, stem in zip(images, stems):
+        if skip_existing and all(p.is_file() for p in output_paths(path, out_dir, stem)):
+            report.skipped.append(str(path))
+            if bar is not None:
+                bar.update(1)
+        else:
+            todo.append((str(path), stem))
+    detector = predictor.detector if predictor.detect_faces and num_workers > 0 else None
     try:
-        for path, stem in zip(images, stems):
-            if skip_existing and all(p.is_file() for p in output_paths(path, out_dir, stem)):
-                report.skipped.append(str(path))
+        for path, stem, image, faces in _decoded(todo, detector, num_workers, predictor.batch_size):
+            if isinstance(image, FaceParseError):
+                fail(path, image)
                 if bar is not None:
                     bar.update(1)
                 continue
-            try:
-                pending.append((str(path), read_image(path), stem))
-            except FaceParseError as exc:
-                fail(str(path), exc)
-                if bar is not None:
-                    bar.update(1)
-                continue
+            pending.append((path, image, stem, faces))
             if len(pending) >= predictor.batch_size:
                 flush()
         if pending:
@@ -924,3 +950,58 @@ def predict_files(
         if bar is not None:
             bar.close()
     return report
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """``(path, stem)`` items -> ``(path, stem, RGB array or the read error, faces or None)``.
+
+    The read error is returned, not raised, so one unreadable file does not stop a DataLoader.
+    With a ``detector`` the faces are found here too (in the workers); detection errors are raised.
+    """
+
+    def __init__(self, items: Sequence[tuple[str, str]], detector: Any = None) -> None:
+        self.items = items
+        self.detector = detector
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[str, str, np.ndarray | FaceParseError, list[Face] | None]:
+        path, stem = self.items[index]
+        try:
+            image = read_image(path)
+        except FaceParseError as exc:
+            return path, stem, exc, None
+        return path, stem, image, None if self.detector is None else detect_with(self.detector, image)
+
+
+def _as_is(item: Any) -> Any:  # DataLoader collate_fn: keep numpy arrays (the default converts them)
+    return item
+
+
+def _folder_worker_init(worker_id: int) -> None:
+    from faceparse.runtime import worker_init
+
+    worker_init(worker_id)  # one torch thread
+    cv2.setNumThreads(1)  # and one OpenCV thread: the main process's model has the cores
+
+
+def _decoded(items: Sequence[tuple[str, str]], detector: Any, num_workers: int, batch_size: int) -> Iterable[tuple]:
+    """The items of :class:`_ImageFiles` in order: read here (``num_workers=0``) or by a torch
+    DataLoader's worker processes, ``batch_size`` images ahead in all."""
+    data = _ImageFiles(items, detector)
+    if num_workers <= 0 or not items:
+        return (data[i] for i in range(len(data)))
+    import multiprocessing
+
+    num_workers = min(int(num_workers), len(items))
+    context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None  # fork: no re-import, ~ms
+    return torch.utils.data.DataLoader(
+        data,
+        batch_size=None,  # one image per item: the batch of the next forward fills as workers finish
+        num_workers=num_workers,
+        collate_fn=_as_is,
+        worker_init_fn=_folder_worker_init,
+        prefetch_factor=max(2, -(-batch_size // num_workers)),
+        multiprocessing_context=context,
+    )
