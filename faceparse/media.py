@@ -57,12 +57,14 @@ def predict_folder(
     progress: bool = True,
     no_face: str = "whole",
     on_result: Callable[[str, Any], None] | None = None,
+    num_workers: int = 0,
 ) -> PredictReport:
     """Parse every image of ``folder``; outputs in ``out_dir`` (default ``<folder>/faceparse_out``).
 
     With ``resume`` (default) images whose ``<stem>_labels.png`` and ``<stem>_overlay.png`` already
     exist are skipped (:attr:`PredictReport.skipped`). Unreadable files are listed in
-    :attr:`PredictReport.failed` and the rest is written.
+    :attr:`PredictReport.failed` and the rest is written. ``num_workers > 0`` decodes (and detects
+    faces) in that many DataLoader worker processes while the model runs (:func:`predict_files`).
     """
     images = list_images(folder)
     if not images:
@@ -70,7 +72,14 @@ def predict_folder(
     out = Path(out_dir) if out_dir else Path(folder) / FOLDER_OUT
     out.mkdir(parents=True, exist_ok=True)
     return predict_files(
-        predictor, images, out, no_face=no_face, on_result=on_result, skip_existing=resume, progress=progress
+        predictor,
+        images,
+        out,
+        no_face=no_face,
+        on_result=on_result,
+        skip_existing=resume,
+        progress=progress,
+        num_workers=num_workers,
     )
 
 

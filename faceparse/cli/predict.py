@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from faceparse.cli._args import PositiveInt, out_dir, yes_no
+from faceparse.cli._args import NonNegativeInt, PositiveInt, out_dir, yes_no
 from faceparse.errors import FaceParseError
 
 
@@ -84,6 +84,13 @@ def predict_arguments(parser) -> None:
         choices=["torch", "onnxruntime"],
         default="torch",
         help="onnxruntime: run the model's exported model.onnx (or --model FILE.onnx) from `faceparse export`",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=NonNegativeInt,
+        default=None,
+        help="image files and folders: processes that decode images and detect faces while the model runs "
+        "(0: all in one process; default: min(2, cores - 1), docs/performance.md)",
     )
 
 
@@ -169,15 +176,20 @@ def predict(cfg) -> int:
     )
     failed: dict[str, str] = {}
     total = len(files)
+    workers = cfg.num_workers
+    if workers is None:  # one core for decoding + detection, the rest for the model
+        from faceparse.runtime import available_cpus
+
+        workers = min(2, available_cpus() - 1)
     if files:
-        report = predict_files(predictor, files, out, no_face=cfg.no_face, on_result=show)
+        report = predict_files(predictor, files, out, no_face=cfg.no_face, on_result=show, num_workers=workers)
         for labels, over in report.written:
             print(f"wrote {labels} and {over}")
         failed.update(report.failed)
     for folder in folders:
         report = predict_folder(
             predictor, folder, out / folder.name if out and len(folders) > 1 else out, resume=cfg.resume,
-            no_face=cfg.no_face,
+            no_face=cfg.no_face, num_workers=workers,
         )  # fmt: skip
         where = report.written[0][0].parent if report.written else (out or folder / "faceparse_out")
         total += len(report.written) + len(report.failed) + len(report.skipped)
