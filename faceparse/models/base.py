@@ -118,9 +118,10 @@ class _KeepBatchNormStats:
         ]
 
     def __exit__(self, *exc: Any) -> None:
-        with torch.no_grad():
-            for buf, value in self.saved:
-                buf.copy_(value)
+        # through ``.data``: a BatchNorm node saves its running buffers (unused by its train-mode
+        # backward), and a version bump would fail autograd's in-place check in the backward pass
+        for buf, value in self.saved:
+            buf.data.copy_(value)
         self.saved = []
 
 
