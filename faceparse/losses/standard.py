@@ -63,19 +63,49 @@ class CrossEntropyLoss(nn.Module):
         return cross_entropy(logits_of(outputs), batch["mask"], self.ce.weight, self.ce.ignore_index)
 
 
+def dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX, smooth: float = 0.0, eps: float = 1e-7
+) -> torch.Tensor:
+    """Multiclass softmax Dice loss, the value of segmentation-models-pytorch's
+    ``DiceLoss(mode="multiclass", from_logits=True, ignore_index=..., smooth=...)``, in float32.
+
+    With ``p`` the softmax over classes and ``g`` the one-hot target, both summed over the batch
+    and the valid pixels, per class ``k``: ``dice_k = (I_k + smooth) / max(0.5 (P_k + G_k) + smooth,
+    eps)`` with ``I_k = sum p_k g_k``, ``P_k = sum p_k``, ``G_k = sum g_k``; the loss is the mean
+    over all K classes of ``1 - dice_k``, where classes absent from the target count 0 (as smp).
+
+    Written by hand for memory: smp materialises the one-hot target as int64 ``B x N x K`` (twice
+    the logits' bytes, twice: before and after masking), a float copy of it, the masked
+    probabilities and ``|p - g|`` beside the softmax, about nine logit-sized tensors at full
+    resolution. Here only the softmax is ``B x K x H x W``: ``P`` is one batched matrix product
+    with the valid mask, ``I`` gathers each pixel's true-class probability and sums it per class.
+    """
+    x = as_float32(logits)
+    b, k = x.shape[:2]
+    prob = x.softmax(1).reshape(b, k, -1)
+    t = target.reshape(b, -1)
+    valid = t != ignore_index
+    vf = valid.to(prob.dtype)
+    tc = torch.where(valid, t, torch.zeros_like(t))  # ignored pixels: any class, weighted 0 below
+    prob_sum = torch.einsum("bkn,bn->k", prob, vf)
+    true_prob = prob.gather(1, tc.unsqueeze(1)).reshape(-1) * vf.reshape(-1)
+    inter = torch.zeros(k, dtype=prob.dtype, device=prob.device).index_add(0, tc.reshape(-1), true_prob)
+    target_sum = torch.zeros(k, dtype=prob.dtype, device=prob.device).index_add(0, tc.reshape(-1), vf.reshape(-1))
+    score = (inter + smooth) / (0.5 * (prob_sum + target_sum) + smooth).clamp_min(eps)
+    return ((1.0 - score) * (target_sum > 0).to(score.dtype)).mean()
+
+
 @LOSSES.register("dice")
 class DiceLoss(nn.Module):
-    """Multiclass softmax Dice over all classes (segmentation-models-pytorch ``DiceLoss``)."""
+    """Multiclass softmax Dice over all classes (segmentation-models-pytorch ``DiceLoss``'s value,
+    computed without its full-resolution one-hot tensors: :func:`dice_loss`)."""
 
     def __init__(self, ignore_index: int = IGNORE_INDEX, smooth: float = 0.0) -> None:
         super().__init__()
-        from segmentation_models_pytorch.losses import DiceLoss as SMPDice
-
-        self.dice = SMPDice(mode="multiclass", from_logits=True, ignore_index=ignore_index, smooth=smooth)
+        self.ignore_index, self.smooth = ignore_index, smooth
 
     def forward(self, outputs: torch.Tensor | dict, batch: dict) -> torch.Tensor:
-        # float32: smp's log_softmax(...).exp() of fp16 logits of magnitude 1e4 is inf - inf = NaN
-        return self.dice(as_float32(logits_of(outputs)), batch["mask"])
+        return dice_loss(logits_of(outputs), batch["mask"], self.ignore_index, self.smooth)
 
 
 @LOSSES.register("ce_dice")
