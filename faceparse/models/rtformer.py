@@ -23,7 +23,8 @@ the auxiliary head); Base c=64, head 128, injection in the first block only: 17.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -318,18 +319,26 @@ class RTFormerNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x1 = self.layer1(self.stem(x))  # c, 1/4
-        x2 = self.layer2(F.relu(x1))  # 2c, 1/8
-        x3 = self.layer3(F.relu(x2))  # 4c, 1/16
+    def forward(
+        self, x: torch.Tensor, run: Callable[..., Any] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``run(fn, *args)`` calls each stage (``RTFormer`` passes its ``_maybe_checkpoint``)."""
+        run = run or _call
+        x1 = run(lambda t: self.layer1(self.stem(t)), x)  # c, 1/4
+        x2 = run(self.layer2, F.relu(x1))  # 2c, 1/8
+        x3 = run(self.layer3, F.relu(x2))  # 4c, 1/16
         x3h = x2 + _up(self.compression3(x3), x2.shape[2:])
-        x3h = self.layer3_high(F.relu(x3h))  # 2c, 1/8
-        x4h, x4l = self.layer4(F.relu(x3h), F.relu(x3))  # 2c 1/8, 8c 1/32
-        x5h, x5l = self.layer5(F.relu(x4h), F.relu(x4l))  # 2c 1/8, 8c 1/32
-        x6 = _up(self.spp(x5l), x5h.shape[2:])
-        out = self.seghead(torch.cat([x5h, x6], dim=1))
+        x3h = run(self.layer3_high, F.relu(x3h))  # 2c, 1/8
+        x4h, x4l = run(self.layer4, F.relu(x3h), F.relu(x3))  # 2c 1/8, 8c 1/32
+        x5h, x5l = run(self.layer5, F.relu(x4h), F.relu(x4l))  # 2c 1/8, 8c 1/32
+        x6 = _up(run(self.spp, x5l), x5h.shape[2:])
+        out = run(lambda a, b: self.seghead(torch.cat([a, b], dim=1)), x5h, x6)
         aux = self.aux_head(x3h) if (self.aux_head is not None and self.training) else None
         return out, aux
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
 _VARIANTS = {
@@ -421,12 +430,15 @@ class RTFormer(FaceParsingModel):
             allow_unexpected=("net.aux_head.*",),  # and a model built with use_aux_head=False ignores it
         )
 
+    def _supports_grad_checkpointing(self) -> bool:
+        return True  # every stage of RTFormerNet.forward is a checkpointed segment
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.net(x)
+        out, _ = self.net(x, self._maybe_checkpoint)
         return _up(out, x.shape[-2:])
 
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, aux = self.net(x)
+        out, aux = self.net(x, self._maybe_checkpoint)
         result = {"logits": _up(out, x.shape[-2:])}
         if aux is not None:
             result["aux_logits"] = _up(aux, x.shape[-2:])

@@ -42,14 +42,29 @@ __all__ = [
 OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
-def build_task_model(model: str | nn.Module, label_set: LabelSet, model_kwargs: dict | None) -> nn.Module:
-    """A model from a registry name (the label set passed unless ``model_kwargs`` sets it) or as is."""
+def build_task_model(
+    model: str | nn.Module, label_set: LabelSet, model_kwargs: dict | None, grad_checkpointing: bool = False
+) -> nn.Module:
+    """A model from a registry name (the label set passed unless ``model_kwargs`` sets it) or as is.
+
+    ``grad_checkpointing=True`` turns on the model's activation checkpointing
+    (:meth:`~faceparse.models.base.FaceParsingModel.set_grad_checkpointing`); a model without it raises
+    :class:`FaceParseError`.
+    """
     if isinstance(model, nn.Module):
-        return model
-    kwargs = dict(model_kwargs or {})
-    kwargs.setdefault("label_set", label_set)
-    built = MODELS.build(model, **kwargs)
-    built.registry_name = model
+        built = model
+    else:
+        kwargs = dict(model_kwargs or {})
+        kwargs.setdefault("label_set", label_set)
+        built = MODELS.build(model, **kwargs)
+        built.registry_name = model
+    if grad_checkpointing:
+        if not hasattr(built, "set_grad_checkpointing"):
+            raise FaceParseError(
+                f"grad_checkpointing=True needs a faceparse model with set_grad_checkpointing; "
+                f"got {type(built).__name__}"
+            )
+        built.set_grad_checkpointing(True)
     return built
 
 

@@ -28,6 +28,9 @@ class SegmentationTask(BaseTask):
             ``warmup_steps``), ``plateau`` (lr x ``gamma`` when the logged ``monitor``, e.g.
             ``val/rec_all`` = mean recall as in Masi et al. 2020 §4, stops improving for ``patience``
             epochs, down to ``min_lr``; ``monitor_mode`` ``max`` or ``min``) or ``none``.
+        grad_checkpointing: activation checkpointing of the model's heavy blocks (less training
+            memory for about one extra forward pass; same outputs and gradients). Models without it
+            raise :class:`~faceparse.errors.FaceParseError`; see docs/performance.md.
     """
 
     schedulers = ("multistep", "cosine", "plateau", "none")
@@ -50,10 +53,11 @@ class SegmentationTask(BaseTask):
         monitor_mode: str = "max",
         patience: int = 5,
         min_lr: float = 0.0,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__(ignore=[k for k, v in (("model", model), ("loss", loss)) if isinstance(v, nn.Module)])
         self.label_set = get_label_set(label_set)
-        self.model = build_task_model(model, self.label_set, model_kwargs)
+        self.model = build_task_model(model, self.label_set, model_kwargs, grad_checkpointing)
         self.loss = build_task_loss(loss, loss_kwargs)
         self.val_metrics = FaceParsingMetrics(self.label_set)
         self.test_metrics = FaceParsingMetrics(self.label_set)

@@ -70,6 +70,8 @@ class WeaklySupervisedTask(BaseTask):
         refine: patch-to-patch affinity refinement of the validation FCAMs (MCTformer+ uses it with
             a pretrained ViT; a from-scratch ViT's attention smears the maps, so turn it off there).
         label_source: ``auto`` | ``mask`` | ``labels`` (see module docstring).
+        grad_checkpointing: activation checkpointing of the ViT's blocks (less training memory for
+            about one extra forward pass; see :class:`~faceparse.tasks.SegmentationTask`).
     """
 
     def __init__(
@@ -89,10 +91,11 @@ class WeaklySupervisedTask(BaseTask):
         refine: bool = True,
         label_source: str = "auto",
         optimizer: str = "adamw",
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__(ignore=["model"] if isinstance(model, nn.Module) else None)
         self.label_set = get_label_set(label_set)
-        self.model = build_task_model(model, self.label_set, model_kwargs)
+        self.model = build_task_model(model, self.label_set, model_kwargs, grad_checkpointing)
         if not hasattr(self.model, "classify"):
             raise FaceParseError("WeaklySupervisedTask needs an MCT-ViT style model (with classify / forward_features)")
         self.tcd = None

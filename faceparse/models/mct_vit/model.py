@@ -263,7 +263,7 @@ class MCTViT(FaceParsingModel):
                 h, a = block_forward_with_attn(blk, h)
                 attn.append(a)
             else:
-                h = blk(h)
+                h = self._maybe_checkpoint(blk, h)
         k = self.num_tokens
         patches = h[:, k:].transpose(1, 2).reshape(b, self.embed_dim, grid[0], grid[1])
         return h[:, :k], patches, attn
@@ -283,6 +283,9 @@ class MCTViT(FaceParsingModel):
         if self.projector is not None:
             out["vl_embed"] = self.projector(cls)  # Eq. 3
         return out
+
+    def _supports_grad_checkpointing(self) -> bool:
+        return True  # each transformer block of forward_features (not the attention-map path of the CAMs)
 
     def classify(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Image-level outputs only (class/patch logits, patch CAM, class tokens, projection)."""
