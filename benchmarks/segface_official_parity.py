@@ -10,6 +10,14 @@ with ``weights``/``pretrained`` stripped.
     python benchmarks/segface_official_parity.py /tmp/segface_official --size 512 \
         --out benchmarks/results/segface_official_parity.md
 
+Speed (``--time``): the same converted weights in both models, ``torch.inference_mode``, fp32;
+rounds interleave the two (official, faceparse, official, ...) and each model's median is reported
+with the max |logit difference| of the same inputs:
+
+    nice -n 10 python benchmarks/segface_official_parity.py /tmp/segface_official --time \
+        --models mobilenet convnext_base swin_base --batches 1 8 --rounds 3 2 --size 512 \
+        --official-commit 9416628 --out benchmarks/results/segface_official_speed.md
+
 Known exceptions, checked separately:
 - official ``resnet`` never records its features (its hook skips it) and crashes in forward, so only
   the conversion (key names and shapes) is checked for it;
@@ -23,7 +31,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,6 +90,118 @@ def save_official_checkpoint(model: torch.nn.Module, path: Path) -> None:
     torch.save(ckpt, path)
 
 
+def build_pair(classes, dataset: str, official: str, size: int, tmp: Path):
+    """The official model (random weights, seed 0) and the faceparse model converted from its checkpoint."""
+    from faceparse.models.base import load_model
+    from faceparse.models.segface import convert_segface
+
+    torch.manual_seed(0)
+    ref = classes[dataset](size, official).eval()
+    ckpt = tmp / f"{dataset}_{official}.pt"
+    save_official_checkpoint(ref, ckpt)
+    backbone = "convnext_small" if official == "convnext_tiny" else official
+    out_dir = tmp / f"{dataset}_{official}"
+    convert_segface(str(ckpt), str(out_dir), backbone=backbone, dataset=dataset)
+    return ref, load_model(out_dir).eval(), backbone
+
+
+def _official_logits(ref: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    y = ref(x.clone(), {}, None)  # the official forward clears/fills hooks; x is not modified
+    return y.unsqueeze(0) if y.dim() == 3 else y  # official .squeeze() drops the batch of 1
+
+
+def time_pair(ref, ours, batch: int, size: int, rounds: int) -> dict:
+    """Interleaved timing (official, faceparse, official, ...) after one untimed call each, which also
+    gives the max |logit difference|. Medians in seconds per batch."""
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    times: dict[str, list[float]] = {"official": [], "faceparse": []}
+    with torch.inference_mode():
+        y_ref = _official_logits(ref, x)
+        y_ours = ours(x)
+        diff = (y_ref - y_ours).abs().max().item()
+        scale = y_ref.abs().max().item()
+        del y_ref, y_ours
+        for _ in range(rounds):
+            for name, fn in (("official", lambda: _official_logits(ref, x)), ("faceparse", lambda: ours(x))):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"official": med["official"], "faceparse": med["faceparse"], "diff": diff, "scale": scale, "times": times}
+
+
+def run_timing(args, classes, commit: str) -> None:
+    rounds = args.rounds + [args.rounds[-1]] * (len(args.batches) - len(args.rounds))
+    rows = []
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        for official in args.models:
+            ref, ours, backbone = build_pair(classes, args.datasets[0], official, args.size, Path(tmp))
+            for batch, n in zip(args.batches, rounds):
+                load = os.getloadavg()[0]
+                r = time_pair(ref, ours, batch, args.size, n)
+                ratio = r["official"] / r["faceparse"]
+                rows.append((official, batch, n, r["official"], r["faceparse"], ratio, r["diff"], r["scale"], load))
+                print(f"{official:14s} b{batch} rounds {n}: official {r['official']:.3f}s faceparse "
+                      f"{r['faceparse']:.3f}s  x{ratio:.2f}  max|diff| {r['diff']:.2e}  load {load:.2f}  "
+                      f"all {[[round(t, 3) for t in v] for v in r['times'].values()]}", flush=True)  # fmt: skip
+            del ref, ours
+    load_after = os.getloadavg()
+    header = [
+        "| official --model | batch | rounds | official s/batch | faceparse s/batch | speed-up | max abs logit diff | "
+        "1-min load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    table = [
+        f"| {o} | {b} | {n} | {t1:.3f} | {t2:.3f} | **{ratio:.2f}x** | {d:.1e} (max abs logit {sc:.2f}) | {ld:.1f} |"
+        for o, b, n, t1, t2, ratio, d, sc, ld in rows
+    ]
+    command = (
+        f"`nice -n 10 python benchmarks/segface_official_parity.py OFFICIAL_REPO --time --size {args.size} "
+        f"--models {' '.join(args.models)} --batches {' '.join(map(str, args.batches))} "
+        f"--rounds {' '.join(map(str, args.rounds))}`"
+    )
+    run_info = (
+        f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: {command}; load average "
+        f"{load_before[0]:.2f}/{load_before[1]:.2f} before, {load_after[0]:.2f}/{load_after[1]:.2f} after."
+    )
+    if not args.out:
+        return
+    if args.append and args.out.is_file():
+        text = args.out.read_text()
+        head, sep, notes = text.partition("\nNotes:")
+        args.out.write_text(
+            head.rstrip("\n") + "\n\n" + run_info + "\n\n" + "\n".join([*header, *table]) + "\n" + sep + notes
+        )
+        return
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    lines = [
+        "# SegFace: faceparse vs the official code, inference speed at identical logits",
+        "",
+        f"Date: {datetime.date.today().isoformat()}. Machine: {os.cpu_count()}-core shared CPU ({cpu}), no GPU, "
+        f"{torch.get_num_threads()} torch threads; other jobs ran beside it, so only the interleaved ratios "
+        f"count. torch {torch.__version__}, fp32, `torch.inference_mode()`, input {args.size} x {args.size}.",
+        f"Official code: github.com/Kartik-3004/SegFace @ {commit or 'unknown'} (local copy, not committed), "
+        "random weights (seed 0), converted with `faceparse convert segface`.",
+        "",
+        "Each row: one untimed call of each model (also giving the max |logit difference| on that input), "
+        "then `rounds` interleaved rounds (official, faceparse, official, ...); medians per batch.",
+        "",
+        run_info,
+        "",
+        *header,
+        *table,
+        "",
+        "Notes:",
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("repo", type=Path, help="local copy (work tree) of github.com/Kartik-3004/SegFace")
@@ -91,11 +213,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write a Markdown table here")
     ap.add_argument("--append", action="store_true", help="append rows to --out instead of rewriting it")
     ap.add_argument("--official-commit", default=None, help="commit of the official copy (if not a git work tree)")
+    ap.add_argument("--time", action="store_true", help="time both models (interleaved) instead of parity only")
+    ap.add_argument("--batches", type=int, nargs="*", default=[1, 8], help="--time: batch sizes")
+    ap.add_argument("--rounds", type=int, nargs="*", default=[3, 2], help="--time: rounds per batch size")
     args = ap.parse_args()
     torch.set_num_threads(2)
-
-    from faceparse.models.base import load_model
-    from faceparse.models.segface import convert_segface
 
     classes = import_official(args.repo)
     try:
@@ -105,20 +227,16 @@ def main() -> None:
     except OSError:
         commit = ""
     commit = args.official_commit or commit
+    if args.time:
+        run_timing(args, classes, commit)
+        return
     rows = []
     ok_all = True
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
             for official in args.models:
                 t0 = time.time()
-                torch.manual_seed(0)
-                ref = classes[dataset](args.size, official).eval()
-                ckpt = Path(tmp) / f"{dataset}_{official}.pt"
-                save_official_checkpoint(ref, ckpt)
-                backbone = "convnext_small" if official == "convnext_tiny" else official
-                out_dir = Path(tmp) / f"{dataset}_{official}"
-                convert_segface(str(ckpt), str(out_dir), backbone=backbone, dataset=dataset)
-                ours = load_model(out_dir).eval()
+                ref, ours, backbone = build_pair(classes, dataset, official, args.size, Path(tmp))
                 n_ref = sum(p.numel() for p in ref.parameters())
                 n_ours = ours.num_parameters()
                 x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
@@ -126,10 +244,8 @@ def main() -> None:
                     diff, status = float("nan"), "converted (official forward crashes)"
                 else:
                     with torch.no_grad():
-                        y_ref = ref(x.clone(), {}, None)
+                        y_ref = _official_logits(ref, x)
                         y_ours = ours(x)
-                    if y_ref.dim() == 3:  # official .squeeze() paths keep the batch for B=1 here
-                        y_ref = y_ref.unsqueeze(0)
                     diff = (y_ref - y_ours).abs().max().item()
                     scale = y_ref.abs().max().item()
                     status = "ok" if diff <= args.tol else "FAIL"
