@@ -12,14 +12,17 @@ install:
 	  || $(PIP) install -e .
 
 install-test:
-	@$(PYTHON) -c "import importlib.metadata as m; m.version('faceparse'); import torch, torchvision, timm, segmentation_models_pytorch, pytest, hypothesis, onnx, onnxruntime, open_clip, segment_anything, skimage, h5py, mkdocs, mkdocstrings, torchdata, huggingface_hub, transformers, diffusers" 2>/dev/null \
+	@$(PYTHON) -c "import importlib.metadata as m; m.version('faceparse'); import torch, torchvision, timm, segmentation_models_pytorch, pytest, hypothesis, onnx, onnxruntime, open_clip, segment_anything, skimage, h5py, mkdocs, mkdocstrings, torchdata, huggingface_hub, transformers, diffusers, xdist" 2>/dev/null \
 	  || $(PIP) install -e ".[$(TEST_EXTRAS)]"
 
 demo: install
 	$(PYTHON) -m faceparse.cli demo --out-dir demo_output
 
+# Two pytest-xdist workers (one torch thread each, tests/conftest.py), whole files per worker so
+# module fixtures are built once; PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= auto
 test: install-test
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile
 
 test-all: install-test
 	$(PYTHON) -m pytest -q -m "slow or not slow"

@@ -13,7 +13,9 @@ if "OMP_WAIT_POLICY" not in os.environ:
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (``make test`` runs two workers) each worker gets one intra-op thread, so
+# the workers never fight over the cores; a plain ``pytest`` run uses two threads.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True)
