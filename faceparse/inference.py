@@ -935,7 +935,7 @@ def predict_files(
             todo.append((str(path), stem))
     detector = predictor.detector if predictor.detect_faces and num_workers > 0 else None
     try:
-        for path, stem, image, faces in _decoded(todo, detector, num_workers, predictor.batch_size):
+        for path, stem, image, faces in _worker_errors(_decoded(todo, detector, num_workers, predictor.batch_size)):
             if isinstance(image, FaceParseError):
                 fail(path, image)
                 if bar is not None:
@@ -950,6 +950,18 @@ def predict_files(
         if bar is not None:
             bar.close()
     return report
+
+
+def _worker_errors(items: Iterable[tuple]) -> Iterable[tuple]:
+    """``items``, with a DataLoader worker's death or time-out raised as a FaceParseError that says what to do."""
+    try:
+        yield from items
+    except RuntimeError as exc:
+        if "DataLoader" not in str(exc):
+            raise
+        raise FaceParseError(
+            f"the image-reading worker processes failed ({exc}); pass num_workers=0 (--num-workers 0)"
+        ) from exc
 
 
 class _ImageFiles(torch.utils.data.Dataset):
@@ -979,11 +991,16 @@ def _as_is(item: Any) -> Any:  # DataLoader collate_fn: keep numpy arrays (the d
     return item
 
 
+#: Seconds ``predict_files`` waits for one image from its DataLoader workers before giving up.
+WORKER_TIMEOUT_S = 600.0
+
+
 def _folder_worker_init(worker_id: int) -> None:
     from faceparse.runtime import worker_init
 
-    worker_init(worker_id)  # one torch thread
-    cv2.setNumThreads(1)  # and one OpenCV thread: the main process's model has the cores
+    # One torch thread. Not cv2.setNumThreads(1): in a child forked after the parent ran OpenCV's
+    # thread pool (paste-back's cv2.remap) it waited forever (seen with unet at 512, OpenCV 5.1).
+    worker_init(worker_id)
 
 
 def _decoded(items: Sequence[tuple[str, str]], detector: Any, num_workers: int, batch_size: int) -> Iterable[tuple]:
@@ -1004,4 +1021,5 @@ def _decoded(items: Sequence[tuple[str, str]], detector: Any, num_workers: int, 
         worker_init_fn=_folder_worker_init,
         prefetch_factor=max(2, -(-batch_size // num_workers)),
         multiprocessing_context=context,
+        timeout=WORKER_TIMEOUT_S,  # a stuck worker becomes an error instead of a silent hang
     )
