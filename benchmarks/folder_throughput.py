@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     ap.add_argument("--images", type=int, default=16, help="synthetic JPEG faces in the folder")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up / int8 calibration images (default: --batch)")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--workers", type=int, default=2, help="compared with num_workers=0")
     ap.add_argument("--bf16", choices=["forced", "fallback"], default="forced")
@@ -112,10 +113,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "faces"
         folder.mkdir()
-        warm = write_faces(folder, args.images, args.size)[: args.batch]
-        cells = [(m, p, False) for m in args.models for p in args.precisions]
+        warm = write_faces(folder, args.images, args.size)[: args.warmup or args.batch]
+        # precision-major, detection after fp32, emulated bf16 (slowest) last: a run stopped early has the key rows
+        order = sorted(args.precisions, key=lambda p: ("fp32", "int8", "bf16").index(p))
+        cells = [(m, p, False) for p in order for m in args.models]
         if args.detect_model:
-            cells.append((args.detect_model, "fp32", True))
+            cells.insert(len(args.models) if "fp32" in order else 0, (args.detect_model, "fp32", True))
         base: dict[str, float] = {}
         for name, precision, detect in cells:
             torch.manual_seed(0)
@@ -151,12 +154,18 @@ def main() -> None:
                 f"({args.workers} workers), identical={r['same']}, setup {setup:.1f} s",
                 flush=True,
             )
+            write_report(args, rows, load0, t0)  # after every row: a long run stopped early keeps its rows
+    print(Path(args.out).read_text() if args.out else rows)
+
+
+def write_report(args, rows: list[dict], load0: tuple[float, float, float], t0: float) -> None:
     load1 = os.getloadavg()
     total = time.perf_counter() - t0
     w = args.workers
     cmd = " ".join(
         ["python benchmarks/folder_throughput.py", "--models", *args.models, "--precisions", *args.precisions]
-        + [f"--images {args.images} --batch {args.batch} --size {args.size} --workers {w} --bf16 {args.bf16}"]
+        + [f"--images {args.images} --batch {args.batch} --warmup {args.warmup or args.batch} --size {args.size}"]
+        + [f"--workers {w} --bf16 {args.bf16}"]
         + [f"--detect-model '{args.detect_model}'"]
         + ([f"--out {args.out}"] if args.out else [])
     )
@@ -201,7 +210,6 @@ def main() -> None:
         )
     lines.append("")
     text = "\n".join(lines)
-    print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)

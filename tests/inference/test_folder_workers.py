@@ -14,6 +14,7 @@ import faceparse
 import faceparse.inference as inference
 import faceparse.media as media
 from faceparse.cli import main
+from faceparse.errors import FaceParseError
 from faceparse.inference import Predictor, predict_files
 from faceparse.media import predict_folder
 
@@ -126,3 +127,13 @@ def test_cli_num_workers_reaches_predict_files(model, folder, tmp_path, monkeypa
     monkeypatch.setattr("faceparse.runtime.available_cpus", lambda: 1)
     main([*base, str(folder / "img0.png"), "--out-dir", str(tmp_path / "o")])
     assert seen == [2, 0, 2, 0]  # default: min(2, cores - 1)
+
+
+def crash(image: np.ndarray) -> list:
+    os._exit(3)  # a detector that kills its worker process
+
+
+def test_a_dead_worker_is_an_error_that_says_what_to_do(model, folder, tmp_path):
+    predictor = Predictor(model, batch_size=2, detector=crash)
+    with pytest.raises(FaceParseError, match="num_workers=0"):
+        run(predictor, folder, tmp_path / "out", 2)
