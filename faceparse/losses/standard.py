@@ -108,6 +108,74 @@ class DiceLoss(nn.Module):
         return dice_loss(logits_of(outputs), batch["mask"], self.ignore_index, self.smooth)
 
 
+class _CEDice(torch.autograd.Function):
+    """Cross-entropy (:func:`cross_entropy`) and Dice (:func:`dice_loss`) of the same logits in one
+    pass that keeps a single full-resolution tensor, the softmax, for backward.
+
+    Written by hand for memory (no library fuses the two): computed apart, the cross-entropy keeps
+    its log-softmax and the Dice its softmax, and their backward passes add several more
+    ``B x K x N`` temporaries. With ``p`` the softmax, ``w_n`` the class weight of pixel ``n`` (0 if
+    ignored) and ``W = sum_n w_n``: ``dCE/dx = w_n (p - g) / W``; the Dice gradient with respect to
+    ``p`` is ``valid_n (a_k g_kn + b_k)`` with per-class ``a_k = -m_k / (K D_k)``,
+    ``b_k = m_k (I_k + smooth) / (2 K D_k^2)`` (``D_k`` its denominator, ``m_k`` = class present;
+    ``b_k = 0`` where the ``eps`` clamp is active), taken through the softmax Jacobian
+    ``p * (dp - sum_j p_j dp_j)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, target, weight, ignore_index, smooth, eps):
+        b, k = x.shape[:2]
+        t = target.reshape(b, 1, -1)
+        valid = t != ignore_index
+        tc = torch.where(valid, t, torch.zeros_like(t))
+        vf = valid.to(x.dtype)
+        p = torch.log_softmax(x, 1).reshape(b, k, -1)
+        logp_t = p.gather(1, tc)  # B x 1 x N
+        cw = vf if weight is None else weight.to(x.dtype)[tc] * vf  # per-pixel CE weight, 0 if ignored
+        den = cw.sum()
+        den = torch.where(den > 0, den, torch.ones_like(den))
+        ce = -(logp_t * cw).sum() / den
+        p = p.exp_()  # the softmax, in the log-softmax's buffer
+        p_t = logp_t.exp_() * vf
+        flat = tc.reshape(-1)
+        inter = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(0, flat, p_t.reshape(-1))
+        gsum = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(0, flat, vf.reshape(-1))
+        psum = torch.einsum("bkn,bn->k", p, vf.reshape(b, -1))
+        raw = 0.5 * (psum + gsum) + smooth
+        d = raw.clamp_min(eps)
+        present = (gsum > 0).to(x.dtype)
+        dice = ((1.0 - (inter + smooth) / d) * present).mean()
+        a = -present / (k * d)
+        bk = torch.where(raw > eps, present * (inter + smooth) / (2 * k * d * d), torch.zeros_like(d))
+        ctx.save_for_backward(p, tc, vf, cw / den, a, bk)
+        ctx.shape = x.shape
+        return ce, dice
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_ce, g_dice):
+        p, tc, vf, cwn, a, bk = ctx.saved_tensors
+        p_t = p.gather(1, tc)
+        s = a[tc] * p_t + torch.einsum("bkn,k->bn", p, bk).unsqueeze(1)  # sum_j p_j dp_j / valid
+        grad = (bk.view(1, -1, 1) - s) * (g_dice * vf) + g_ce * cwn
+        grad.mul_(p)
+        grad.scatter_add_(1, tc, g_dice * vf * a[tc] * p_t - g_ce * cwn)
+        return grad.reshape(ctx.shape), None, None, None, None, None
+
+
+def ce_dice_parts(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    smooth: float = 0.0,
+    eps: float = 1e-7,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cross_entropy(logits, target, weight), dice_loss(logits, target))`` with the memory of one
+    softmax (see :class:`_CEDice`); values and gradients equal those of the two functions."""
+    return _CEDice.apply(as_float32(logits), target, weight, ignore_index, smooth, eps)
+
+
 @LOSSES.register("ce_dice")
 class CEDiceLoss(nn.Module):
     """Weighted sum of cross-entropy and Dice; the defaults are SegFace's (0.5 CE + 0.5 Dice).
@@ -135,7 +203,7 @@ class CEDiceLoss(nn.Module):
         size = batch["mask"].shape[-2:]
         if logits.shape[-2:] != size:  # auxiliary heads may run at a lower resolution
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return self.ce(logits, batch), self.dice(logits, batch)
+        return ce_dice_parts(logits, batch["mask"], self.ce.ce.weight, self.ce.ce.ignore_index, self.dice.smooth)
 
     def forward(self, outputs: torch.Tensor | dict, batch: dict) -> dict[str, torch.Tensor]:
         ce, dice = self._one(logits_of(outputs), batch)
