@@ -111,23 +111,31 @@ def _official_logits(ref: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def time_pair(ref, ours, batch: int, size: int, rounds: int) -> dict:
-    """Interleaved timing (official, faceparse, official, ...) after one untimed call each, which also
-    gives the max |logit difference|. Medians in seconds per batch."""
+    """Interleaved timing (official, faceparse, official, ...), medians in seconds per batch. The max
+    |logit difference| is taken on the first round's outputs (same input for both)."""
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     times: dict[str, list[float]] = {"official": [], "faceparse": []}
+    outs: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
-        y_ref = _official_logits(ref, x)
-        y_ours = ours(x)
-        diff = (y_ref - y_ours).abs().max().item()
-        scale = y_ref.abs().max().item()
-        del y_ref, y_ours
         for _ in range(rounds):
             for name, fn in (("official", lambda: _official_logits(ref, x)), ("faceparse", lambda: ours(x))):
                 t0 = time.perf_counter()
-                fn()
+                y = fn()
                 times[name].append(time.perf_counter() - t0)
+                outs.setdefault(name, y)
+                del y
+    diff = (outs["official"] - outs["faceparse"]).abs().max().item()
+    scale = outs["official"].abs().max().item()
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"official": med["official"], "faceparse": med["faceparse"], "diff": diff, "scale": scale, "times": times}
+
+
+def warm_up(ref, ours, size: int) -> None:
+    """One untimed batch-1 call of each model (oneDNN primitive creation, first-touch allocation)."""
+    x = torch.randn(1, 3, size, size)
+    with torch.inference_mode():
+        _official_logits(ref, x)
+        ours(x)
 
 
 def run_timing(args, classes, commit: str) -> None:
@@ -137,6 +145,7 @@ def run_timing(args, classes, commit: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for official in args.models:
             ref, ours, backbone = build_pair(classes, args.datasets[0], official, args.size, Path(tmp))
+            warm_up(ref, ours, args.size)
             for batch, n in zip(args.batches, rounds):
                 load = os.getloadavg()[0]
                 r = time_pair(ref, ours, batch, args.size, n)
@@ -188,8 +197,9 @@ def run_timing(args, classes, commit: str) -> None:
         f"Official code: github.com/Kartik-3004/SegFace @ {commit or 'unknown'} (local copy, not committed), "
         "random weights (seed 0), converted with `faceparse convert segface`.",
         "",
-        "Each row: one untimed call of each model (also giving the max |logit difference| on that input), "
-        "then `rounds` interleaved rounds (official, faceparse, official, ...); medians per batch.",
+        "Per model: one untimed batch-1 call of each (warm-up); per row: `rounds` interleaved rounds "
+        "(official, faceparse, official, ...) on one random input, median seconds per batch, and the max "
+        "|logit difference| of the first round's outputs.",
         "",
         run_info,
         "",

@@ -8,7 +8,11 @@ Pipeline (all shapes for a 512 x 512 input):
 1. Backbone (torchvision, for every variant, so that official checkpoints, which store torchvision
    key names, convert 1:1): four feature maps at strides 4/8/16/32.
 2. Multi-scale fusion: a per-level ``Linear(C_i -> 256)``, bilinear upsampling to the stride-4 grid
-   (128 x 128), concatenation deepest level first, and a bias-free 1x1 conv ``1024 -> 256``.
+   (128 x 128), concatenation deepest level first, and a bias-free 1x1 conv ``1024 -> 256`` (the
+   official formulation and parameters). Because every step is linear, it is computed as
+   ``sum_i up(W_i A_i f_i + W_i b_i)`` (``W_i``: the conv's slice for level ``i``): one composed
+   ``Linear(C_i -> 256)`` per level at its own resolution, upsampled and summed, without the
+   1024-channel concatenation (see :meth:`SegFace.fuse_features`).
 3. Random Fourier positional encoding of the 128 x 128 grid: ``[sin(2 pi G p), cos(2 pi G p)]`` with a
    fixed Gaussian matrix ``G`` (2 x 128, stored as a buffer) and ``p`` the cell centre in [-1, 1]^2.
 4. Two-way transformer (depth 2, width 256, 8 heads, MLP 2048 with ReLU, cross attention at half
@@ -27,6 +31,11 @@ Written by hand here (no library provides them): the fusion neck, the random Fou
 (SAM's ``PositionEmbeddingRandom`` idea) and the SAM-style two-way transformer decoder. The
 ``segment-anything`` package has a two-way transformer, but it is an optional extra, so the core model
 keeps its own. Attention uses ``torch.nn.functional.scaled_dot_product_attention``.
+
+Speed and memory (fp32 values unchanged up to rounding): convolutional backbones, the fused map and
+the upscaling run in channels_last memory format; the logits are one batched matmul.
+``set_grad_checkpointing(True)`` recomputes each backbone stage, the fusion, the transformer and the
+upscaling in the backward pass instead of storing their activations.
 
 Known differences from the official code (documented in ``docs/models/segface.md``):
 
@@ -430,19 +439,42 @@ class SegFace(FaceParsingModel):
         image = fused.flatten(2).transpose(1, 2)  # B x hw x dim (a view of channels_last memory)
         if torch.jit.is_scripting():
             tokens, image = self.transformer(image, pe, tokens)
-            pixel = self._upscale(image, h, w)
+            pixel = self._upscale(image)
         else:
             tokens, image = self._maybe_checkpoint(self.transformer, image, pe, tokens)
-            pixel = self._maybe_checkpoint(self._upscale, image, h, w)
+            pixel = self._maybe_checkpoint(self._upscale, image)
         weights = self.token_mlp(tokens)  # B x K x dim/8
-        # one batched matmul; pixel is channels_last, so its B x dim/8 x HW view is a transposed operand
-        logits = torch.bmm(weights, pixel.flatten(2))
-        return logits.view(b, weights.shape[1], pixel.shape[-2], pixel.shape[-1])
+        # one batched matmul over all pixels (in the sub-pixel order of _upscale), then a single
+        # rearrangement of the K-channel logits into the 4h x 4w grid
+        logits = torch.bmm(weights, pixel.transpose(1, 2))  # B x K x (h w 2 2 2 2)
+        k = weights.shape[1]
+        logits = logits.view(b, k, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+        return logits.reshape(b, k, 4 * h, 4 * w)
 
-    def _upscale(self, image: Tensor, h: int, w: int) -> Tensor:
-        """``B x hw x dim`` image tokens -> ``B x dim/8 x 4h x 4w`` pixel features (channels_last)."""
-        b, _, c = image.shape
-        return self.upscale(image.transpose(1, 2).reshape(b, c, h, w))
+    def _upscale(self, image: Tensor) -> Tensor:
+        """Pixel features ``B x 16hw x dim/8`` of :attr:`upscale` (``ConvT, LayerNorm2d, GELU, ConvT,
+        GELU``) for ``B x hw x dim`` image tokens, rows in the order ``(i, j, di1, dj1, di2, dj2)``:
+        pixel ``(4i + 2 di1 + di2, 4j + 2 dj1 + dj2)`` of the 4h x 4w output.
+
+        A 2x2 stride-2 transposed conv is a per-pixel ``Linear(C -> 4 C')`` whose four outputs fill
+        the 2x2 cell; the norm and GELU are per pixel too, so the whole upscaling runs as two
+        matmuls on the token layout with no spatial rearrangement (the logits are rearranged once
+        in :meth:`decode`). Same parameters and values (up to rounding) as running the modules.
+        """
+        conv1 = self.upscale[0]
+        norm = self.upscale[1]
+        conv2 = self.upscale[3]
+        b, n, c = image.shape
+        c1 = conv1.weight.shape[1]
+        c2 = conv2.weight.shape[1]
+        bias1, bias2 = conv1.bias, conv2.bias
+        assert bias1 is not None and bias2 is not None  # built with bias (TorchScript type refinement)
+        # ConvT weight (C_in, C_out, 2, 2) -> Linear weight (2 * 2 * C_out, C_in), outputs (di, dj, o)
+        w1 = conv1.weight.permute(2, 3, 1, 0).reshape(4 * c1, c)
+        y = F.linear(image, w1, bias1.repeat(4)).view(b, n * 4, c1)
+        y = F.gelu(F.layer_norm(y, [c1], norm.weight, norm.bias, norm.eps))
+        w2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1)
+        return F.gelu(F.linear(y, w2, bias2.repeat(4)).view(b, n * 16, c2))
 
     def forward(self, x: Tensor) -> Tensor:
         feats = self.features(x)
