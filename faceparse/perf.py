@@ -25,18 +25,26 @@ import torch
 from faceparse.profiling import FlopCount, build_for_bench, model_input_size
 
 
-def matmul_peaks(n: int = 2048, repeats: int = 3) -> dict[str, float]:
-    """Best FLOP/s of an ``n x n x n`` ``torch.mm`` in fp32 and in bf16, timed interleaved."""
-    mats = {dt: (torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)) for dt in (torch.float32, torch.bfloat16)}
+def matmul_peaks(n: int = 2048, repeats: int = 3, dtypes: Sequence[str] = ("fp32", "bf16")) -> dict[str, float]:
+    """Best FLOP/s of an ``n x n x n`` ``torch.mm`` in each of ``dtypes`` (fp32, bf16), timed interleaved.
+
+    Without native bf16 (:func:`faceparse.precision.cpu_supports_bf16`) the bf16 product is emulated
+    at well under 1 GFLOP/s, so it is timed at ``min(n, 512)`` (seconds instead of minutes).
+    """
+    from faceparse.precision import cpu_supports_bf16
+
+    torch_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    sizes = {d: n if d == "fp32" or cpu_supports_bf16() else min(n, 512) for d in dtypes}
+    mats = {d: (torch.randn(sizes[d], sizes[d]).to(torch_dtypes[d]),) * 2 for d in dtypes}
     for a, b in mats.values():  # warm-up: thread pool start, oneDNN kernel selection
         torch.mm(a, b)
-    best = {dt: float("inf") for dt in mats}
+    best = {d: float("inf") for d in mats}
     for _ in range(max(repeats, 1)):
-        for dt, (a, b) in mats.items():
+        for d, (a, b) in mats.items():
             t0 = time.perf_counter()
             torch.mm(a, b)
-            best[dt] = min(best[dt], time.perf_counter() - t0)
-    return {"fp32": 2.0 * n**3 / best[torch.float32], "bf16": 2.0 * n**3 / best[torch.bfloat16]}
+            best[d] = min(best[d], time.perf_counter() - t0)
+    return {d: 2.0 * sizes[d] ** 3 / best[d] for d in mats}
 
 
 def _runner(model: torch.nn.Module, precision: str, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -56,6 +64,7 @@ def bench_precisions(
     budget_s: float = 60.0,
     peaks: dict[str, float] | None = None,
     model: torch.nn.Module | None = None,
+    profile: int = 0,
 ) -> dict[str, Any]:
     """Batch time of registered model ``name`` in each precision, timed in interleaved rounds.
 
@@ -63,7 +72,9 @@ def bench_precisions(
     precision ``p``: ``{p}_ms`` (median batch time), ``{p}_ips`` (images/s), ``{p}_gflops_s``,
     ``{p}_speedup`` (fp32 time / ``p`` time), with ``peaks`` also ``{p}_of_fp32_peak`` and
     ``{p}_of_bf16_peak``; ``{p}_error`` when a precision failed. Rounds stop once the timed runs
-    took ``budget_s`` seconds in all (at least one round).
+    took ``budget_s`` seconds in all (at least one round). ``profile=N`` profiles one more pass of
+    the (already warm) fp32 runner: ``top_ops`` (:func:`top_operators`, N entries) and
+    ``dense_share`` (:func:`dense_share`, over all operators).
     """
     row: dict[str, Any] = {"model": name, "batch": batch}
     s = model_input_size(name, size)
@@ -104,7 +115,36 @@ def bench_precisions(
             row[f"{p}_of_fp32_peak"] = row[f"{p}_gflops_s"] * 1e9 / peaks["fp32"]
             row[f"{p}_of_bf16_peak"] = row[f"{p}_gflops_s"] * 1e9 / peaks["bf16"]
     row["rounds"] = min((len(ts) for ts in times.values()), default=0)
+    if profile and "fp32" in runners:
+        ops = top_operators(runners["fp32"], x, k=None, warmup=False)
+        row["top_ops"] = ops[:profile]
+        row["dense_share"] = dense_share(ops)
     return row
+
+
+# aten operators that run dense GEMM-class kernels (oneDNN / BLAS), the only ones that can approach
+# the matmul peak; everything else (depthwise and grouped convolutions fall under the
+# ``_convolution``/``thnn`` slow paths on CPU, norms, activations, copies, interpolation) is
+# memory-bound and runs far below it.
+DENSE_OPS = (
+    "aten::mkldnn_convolution",
+    "aten::addmm",
+    "aten::mm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::matmul",
+    "aten::linear",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::mkldnn_linear",
+    "aten::convolution_overrideable",
+)
+
+
+def dense_share(ops: list[dict[str, Any]]) -> float:
+    """Share of the self CPU time (of ``ops``, all operators of a :func:`top_operators` call with
+    ``k=None``) spent in dense GEMM-class kernels (:data:`DENSE_OPS`): an upper bound on the
+    fraction of the matmul peak a model can reach is about this share."""
+    return sum(o["share"] for o in ops if o["op"] in DENSE_OPS)
 
 
 def precision_columns(precisions: Sequence[str]) -> list[tuple[str, str, str]]:
@@ -123,9 +163,14 @@ def precision_columns(precisions: Sequence[str]) -> list[tuple[str, str, str]]:
 
 
 def top_operators(
-    model: torch.nn.Module | Callable[[torch.Tensor], Any], x: torch.Tensor, k: int = 10, runs: int = 1
+    model: torch.nn.Module | Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    k: int | None = 10,
+    runs: int = 1,
+    warmup: bool = True,
 ) -> list[dict[str, Any]]:
-    """The ``k`` operators with the most self CPU time over ``runs`` forward passes (after one warm-up).
+    """The ``k`` operators (``None``: all) with the most self CPU time over ``runs`` forward passes
+    (after one warm-up pass unless ``warmup=False``, for a runner that already ran).
 
     Each entry: ``op`` (aten name), ``calls``, ``self_ms`` (total self CPU time), ``share``
     (of all operators' self time). Uses ``torch.profiler`` (``key_averages`` by operator name).
@@ -133,13 +178,14 @@ def top_operators(
     from torch.profiler import ProfilerActivity, profile
 
     with torch.inference_mode():
-        model(x)
+        if warmup:
+            model(x)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(max(runs, 1)):
                 model(x)
     events = [e for e in prof.key_averages() if e.key.startswith("aten::") or "::" in e.key]
     total = sum(e.self_cpu_time_total for e in events) or 1.0
-    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:k]
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:k]  # [:None] keeps all
     return [
         {"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total}
         for e in top

@@ -144,7 +144,6 @@ def bench(cfg) -> None:
 
 def precision_report(cfg, names: list[str], target: Path | None) -> str:
     """``--precision`` / ``--profile``: per-precision speed against both matmul peaks, top operators."""
-    import torch
 
     from faceparse import perf, profiling
     from faceparse.precision import cpu_supports_bf16
@@ -152,28 +151,45 @@ def precision_report(cfg, names: list[str], target: Path | None) -> str:
     precisions = [p.strip() for p in (cfg.precision or "fp32").split(",") if p.strip()]
     load0 = profiling.load_average()
     peaks = perf.matmul_peaks()
+    cols = perf.precision_columns(precisions)
+    if cfg.profile:
+        cols = [*cols, ("dense_share", "dense GEMM/conv share of time", "{:.0%}")]
+    cols.append(("fp32_peak_near", "fp32 peak before it (GFLOP/s)", "{:.1f}"))
     lines = [
         "# Precision speed against the fp32 and bf16 matmul peaks (`faceparse bench --precision`)\n",
         f"- machine: {profiling.machine_description()}; native bf16 (AMX/AVX512-BF16): {cpu_supports_bf16()}",
-        f"- torch.mm 2048^3 peaks, interleaved in this run: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, "
+        f"- torch.mm peaks (2048^3; bf16 at 512^3 where emulated), interleaved in this run: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, "
         f"bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s (bf16/fp32 {peaks['bf16'] / peaks['fp32']:.2f}x)",
         f"- batch {cfg.batch}, random weights, median of up to {cfg.repeats} interleaved rounds; achieved FLOP/s = "
-        "fp32 FLOPs of the forward pass / time; load average (1/5/15 min) at start: " + load0,
+        "fp32 FLOPs of the forward pass / time; each model's % of peak is against the best of the run's "
+        "peak and one measured right before the model; load average (1/5/15 min) at start: " + load0,
         "",
     ]
     rows = []
     profiles = []
     for name in names:
+        # the matmul peak again right before each model: on a shared machine the load changes
+        # during a zoo-wide run, and each model's fraction is taken against its neighbouring peak
+        near = perf.matmul_peaks(repeats=2, dtypes=("fp32",))
+        model_peaks = {**peaks, "fp32": max(peaks["fp32"], near["fp32"])}
         row = perf.bench_precisions(
-            name, precisions, size=cfg.size, batch=cfg.batch, repeats=cfg.repeats, budget_s=cfg.budget, peaks=peaks
+            name,
+            precisions,
+            size=cfg.size,
+            batch=cfg.batch,
+            repeats=cfg.repeats,
+            budget_s=cfg.budget,
+            peaks=model_peaks,
+            profile=cfg.profile,
         )
+        row["fp32_peak_near"] = near["fp32"] / 1e9
         rows.append(row)
-        if cfg.profile:
-            model = profiling.build_for_bench(name).eval()
+        print(markdown_table([row], cols), flush=True)
+        if cfg.profile and row.get("top_ops"):
             s = row["input_size"]
-            ops = perf.top_operators(model, torch.randn(cfg.batch, 3, s, s), k=cfg.profile)
-            profiles.append(perf.operators_markdown(f"{name} (fp32, batch {cfg.batch}, {s} px)", ops))
-    lines.append(markdown_table(rows, perf.precision_columns(precisions)))
+            title = f"{name} (fp32, batch {cfg.batch}, {s} px; dense GEMM/conv kernels {row['dense_share']:.0%} of self time)"
+            profiles.append(perf.operators_markdown(title, row["top_ops"]))
+    lines.append(markdown_table(rows, cols))
     lines.append(f"\nload average at end: {profiling.load_average()}")
     if profiles:
         lines += ["", "## Top operators (self CPU time, torch.profiler)", "", *profiles]

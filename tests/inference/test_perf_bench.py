@@ -43,3 +43,21 @@ def test_top_operators_find_the_convolution_of_a_conv_net():
     assert ops == sorted(ops, key=lambda o: -o["self_ms"])
     md = perf.operators_markdown("net", ops)
     assert md.count("\n| `") == len(ops)
+
+
+def test_dense_share_counts_only_gemm_class_kernels():
+    ops = [
+        {"op": "aten::mkldnn_convolution", "calls": 1, "self_ms": 6.0, "share": 0.6},
+        {"op": "aten::addmm", "calls": 1, "self_ms": 1.0, "share": 0.1},
+        {"op": "aten::copy_", "calls": 1, "self_ms": 3.0, "share": 0.3},
+    ]
+    assert perf.dense_share(ops) == pytest.approx(0.7)
+
+
+def test_bench_precisions_profiles_the_warm_fp32_runner():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 4, 1))
+    net.label_set = None
+    row = perf.bench_precisions("convnet", ("fp32",), size=48, batch=2, repeats=1, model=net, profile=2)
+    assert len(row["top_ops"]) == 2
+    assert any("conv" in o["op"] for o in row["top_ops"])
+    assert 0.0 < row["dense_share"] <= 1.0 + 1e-6
