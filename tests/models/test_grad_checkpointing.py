@@ -19,7 +19,17 @@ from faceparse.errors import FaceParseError
 from faceparse.export import tiny_input_size, tiny_kwargs
 from faceparse.profiling import PeakMemory
 
-SUPPORTED = ["unet", "fpn", "deeplabv3plus", "segformer", "rtformer_slim", "segformer_hf_b0", "bisenet", "mct_vit_tiny"]
+SUPPORTED = [
+    "unet",
+    "fpn",
+    "deeplabv3plus",
+    "segformer",
+    "rtformer_slim",
+    "segformer_hf_b0",
+    "bisenet",
+    "mct_vit_tiny",
+    "segface_mobilenet_v3_large",
+]
 
 
 def _build(name: str) -> tuple[torch.nn.Module, int]:
@@ -68,7 +78,7 @@ def test_checkpointing_keeps_loss_gradients_and_batchnorm_stats(name, monkeypatc
         torch.testing.assert_close(c, b, rtol=1e-5, atol=1e-6, msg=lambda m, n=n: f"{name} buffer {n}: {m}")
 
 
-@pytest.mark.parametrize("name", ["unet", "rtformer_slim", "mct_vit_tiny"])
+@pytest.mark.parametrize("name", ["unet", "rtformer_slim", "mct_vit_tiny", "segface_mobilenet_v3_large"])
 def test_checkpointing_keeps_fewer_bytes_for_backward(name):
     plain, s = _build(name)
     ckpt = copy.deepcopy(plain)
