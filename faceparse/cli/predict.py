@@ -90,7 +90,7 @@ def predict_arguments(parser) -> None:
         type=NonNegativeInt,
         default=None,
         help="image files and folders: processes that decode images and detect faces while the model runs "
-        "(0: all in one process; default: min(2, cores - 1), docs/performance.md)",
+        "(0: all in one process; default: min(2, cores - 2), so 0 on 2 cores; docs/performance.md)",
     )
 
 
@@ -177,10 +177,10 @@ def predict(cfg) -> int:
     failed: dict[str, str] = {}
     total = len(files)
     workers = cfg.num_workers
-    if workers is None:  # one core for decoding + detection, the rest for the model
+    if workers is None:  # on 2 cores the model's threads fill both: workers measured no faster there
         from faceparse.runtime import available_cpus
 
-        workers = min(2, available_cpus() - 1)
+        workers = max(0, min(2, available_cpus() - 2))
     if files:
         report = predict_files(predictor, files, out, no_face=cfg.no_face, on_result=show, num_workers=workers)
         for labels, over in report.written:

@@ -122,11 +122,10 @@ def test_cli_num_workers_reaches_predict_files(model, folder, tmp_path, monkeypa
     assert main([*base, str(folder), "--num-workers", "2"]) == 2  # the broken file: exit status 2
     assert main([*base, str(folder / "img0.png"), "--num-workers", "0", "--out-dir", str(tmp_path / "o")]) == 0
     assert seen == [2, 0]
-    monkeypatch.setattr("faceparse.runtime.available_cpus", lambda: 8)
-    main([*base, str(folder / "img0.png"), "--out-dir", str(tmp_path / "o")])
-    monkeypatch.setattr("faceparse.runtime.available_cpus", lambda: 1)
-    main([*base, str(folder / "img0.png"), "--out-dir", str(tmp_path / "o")])
-    assert seen == [2, 0, 2, 0]  # default: min(2, cores - 1)
+    for cores in (8, 3, 2, 1):
+        monkeypatch.setattr("faceparse.runtime.available_cpus", lambda n=cores: n)
+        main([*base, str(folder / "img0.png"), "--out-dir", str(tmp_path / "o")])
+    assert seen == [2, 0, 2, 1, 0, 0]  # default: min(2, cores - 2), at least 0
 
 
 def crash(image: np.ndarray) -> list:
