@@ -84,6 +84,7 @@ def evaluate(
     limit: int | None = None,
     progress: bool = False,
     precision: str = "fp32",
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Score ``model`` on ``dataset`` in the dataset's label set.
 
@@ -98,6 +99,8 @@ def evaluate(
         limit: score only the first ``limit`` faces.
         precision: ``"fp32"``, ``"bf16"`` or ``"int8"`` (:func:`faceparse.precision.optimize_for_inference`;
             int8 is calibrated on the first batch).
+        backend: ``"torch"`` or ``"onnxruntime"`` (the model's fp32 ONNX export run by onnxruntime;
+            int8 always runs on onnxruntime, bf16 only on torch).
 
     Returns a dict: ``mean_f1``, ``miou``, ``pixel_acc`` (floats), ``f1`` / ``iou`` (class -> float),
     ``num_images``, ``label_set``, ``mapping`` (model class -> dataset class or "ignore").
@@ -112,9 +115,13 @@ def evaluate(
     lut = label_mapping(src, dst, unmapped, overrides)
     metric = FaceParsingMetrics(dst)
     model = model.to(device).eval()
-    from faceparse.precision import predictor_runner
+    from faceparse.precision import optimize_for_inference, predictor_runner
 
-    runner = predictor_runner(model, precision, "torch", int(getattr(model, "default_input_size", 512)))
+    size = int(getattr(model, "default_input_size", 512))
+    if backend == "onnxruntime" and isinstance(model, torch.nn.Module) and precision == "fp32":
+        runner = optimize_for_inference(model, "fp32", backend="onnxruntime", input_size=size)
+    else:
+        runner = predictor_runner(model, precision, backend, size)
     forward = runner or model
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     subset = torch.utils.data.Subset(dataset, range(n))

@@ -47,12 +47,18 @@ def matmul_peaks(n: int = 2048, repeats: int = 3, dtypes: Sequence[str] = ("fp32
     return {d: 2.0 * sizes[d] ** 3 / best[d] for d in mats}
 
 
-def _runner(model: torch.nn.Module, precision: str, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def _runner(
+    model: torch.nn.Module, precision: str, x: torch.Tensor, backend: str = "torch"
+) -> Callable[[torch.Tensor], torch.Tensor]:
     from faceparse.precision import optimize_for_inference
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the emulated-bf16 note is reported in the row instead
-        return optimize_for_inference(model, precision, calibration=x[:2], force=True, input_size=x.shape[-1])
+        if precision == "bf16":
+            backend = "torch"  # bf16 runs on torch only
+        return optimize_for_inference(
+            model, precision, backend=backend, calibration=x[:2], force=True, input_size=x.shape[-1]
+        )
 
 
 def bench_precisions(
@@ -65,6 +71,7 @@ def bench_precisions(
     peaks: dict[str, float] | None = None,
     model: torch.nn.Module | None = None,
     profile: int = 0,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Batch time of registered model ``name`` in each precision, timed in interleaved rounds.
 
@@ -74,7 +81,8 @@ def bench_precisions(
     ``{p}_of_bf16_peak``; ``{p}_error`` when a precision failed. Rounds stop once the timed runs
     took ``budget_s`` seconds in all (at least one round). ``profile=N`` profiles one more pass of
     the (already warm) fp32 runner: ``top_ops`` (:func:`top_operators`, N entries) and
-    ``dense_share`` (:func:`dense_share`, over all operators).
+    ``dense_share`` (:func:`dense_share`, over all operators). ``backend="onnxruntime"`` runs fp32
+    on the model's ONNX export (bf16 stays on torch; int8 always runs on onnxruntime).
     """
     row: dict[str, Any] = {"model": name, "batch": batch}
     s = model_input_size(name, size)
@@ -87,7 +95,7 @@ def bench_precisions(
     runners: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     for p in precisions:
         try:
-            fn = _runner(model, p, x)
+            fn = _runner(model, p, x, backend)
             fn(x)  # warm-up (and int8 calibration/quantisation, bf16 kernel selection)
             runners[p] = fn
         except Exception as exc:
@@ -115,7 +123,7 @@ def bench_precisions(
             row[f"{p}_of_fp32_peak"] = row[f"{p}_gflops_s"] * 1e9 / peaks["fp32"]
             row[f"{p}_of_bf16_peak"] = row[f"{p}_gflops_s"] * 1e9 / peaks["bf16"]
     row["rounds"] = min((len(ts) for ts in times.values()), default=0)
-    if profile and "fp32" in runners:
+    if profile and "fp32" in runners and backend == "torch":
         ops = top_operators(runners["fp32"], x, k=None, warmup=False)
         row["top_ops"] = ops[:profile]
         row["dense_share"] = dense_share(ops)

@@ -91,6 +91,12 @@ def bench_arguments(parser) -> None:
         help="comma-separated of fp32,bf16,int8: also time each model in these precisions (interleaved) against "
         "the fp32 and bf16 matmul peaks measured in the same run (docs/performance.md)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="with --precision: fp32 on torch or on onnxruntime (the ONNX export); int8 always runs on onnxruntime",
+    )
     parser.add_argument("--profile", type=NonNegativeInt, default=0, help="print the N top operators per model")
 
 
@@ -160,7 +166,7 @@ def precision_report(cfg, names: list[str], target: Path | None) -> str:
         f"- machine: {profiling.machine_description()}; native bf16 (AMX/AVX512-BF16): {cpu_supports_bf16()}",
         f"- torch.mm peaks (2048^3; bf16 at 512^3 where emulated), interleaved in this run: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, "
         f"bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s (bf16/fp32 {peaks['bf16'] / peaks['fp32']:.2f}x)",
-        f"- batch {cfg.batch}, random weights, median of up to {cfg.repeats} interleaved rounds; achieved FLOP/s = "
+        f"- backend: {cfg.backend}; batch {cfg.batch}, random weights, median of up to {cfg.repeats} interleaved rounds; achieved FLOP/s = "
         "fp32 FLOPs of the forward pass / time; each model's % of peak is against the best of the run's "
         "peak and one measured right before the model; load average (1/5/15 min) at start: " + load0,
         "",
@@ -181,6 +187,7 @@ def precision_report(cfg, names: list[str], target: Path | None) -> str:
             budget_s=cfg.budget,
             peaks=model_peaks,
             profile=cfg.profile,
+            backend=cfg.backend,
         )
         row["fp32_peak_near"] = near["fp32"] / 1e9
         rows.append(row)

@@ -36,6 +36,12 @@ def evaluate_arguments(parser) -> None:
         help="bf16: autocast on the CPU's AMX/AVX512-BF16 units (fp32 with a warning without them); "
         "int8: onnxruntime static quantisation calibrated on the first batch (docs/performance.md)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="onnxruntime: run the model's fp32 ONNX export (needs the onnx extra); int8 always runs on onnxruntime",
+    )
 
 
 def evaluate(cfg) -> None:
@@ -77,6 +83,7 @@ def evaluate(cfg) -> None:
         limit=cfg.limit or None,
         progress=True,
         precision=cfg.precision,
+        backend=cfg.backend,
     )
     table = {
         "f1": torch.tensor([res["f1"][c] for c in ds.label_set.classes]),

@@ -166,3 +166,19 @@ def test_predictor_precision_int8_matches_fp32_labels(trained):
     assert (fp32 == int8).mean() >= 0.99
     with pytest.raises(FaceParseError, match="precision='fp8'"):
         Predictor(model, input_size=64, precision="fp8")
+
+
+def test_evaluate_backend_onnxruntime_scores_as_torch(trained):
+    """``evaluate(backend="onnxruntime")`` runs the fp32 export and gives torch's scores."""
+    pytest.importorskip("onnxruntime")
+    from faceparse.data.synthetic import SyntheticFaces
+    from faceparse.evaluate import evaluate
+
+    model, _, _, _ = trained
+    val = SyntheticFaces("val", num_samples=4, image_size=64, seed=0)
+    ref = evaluate(model, val, batch_size=4)
+    ort = evaluate(model, val, batch_size=4, backend="onnxruntime")
+    assert ort["mean_f1"] == pytest.approx(ref["mean_f1"], abs=1e-3)
+    assert ort["miou"] == pytest.approx(ref["miou"], abs=1e-3)
+    with pytest.raises(FaceParseError, match="bf16"):
+        evaluate(model, val, batch_size=4, backend="onnxruntime", precision="bf16")
