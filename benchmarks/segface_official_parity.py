@@ -115,19 +115,22 @@ def time_pair(ref, ours, batch: int, size: int, rounds: int) -> dict:
     |logit difference| is taken on the first round's outputs (same input for both)."""
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     times: dict[str, list[float]] = {"official": [], "faceparse": []}
+    cpu: dict[str, list[float]] = {"official": [], "faceparse": []}
     outs: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
         for _ in range(rounds):
             for name, fn in (("official", lambda: _official_logits(ref, x)), ("faceparse", lambda: ours(x))):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 y = fn()
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
                 outs.setdefault(name, y)
                 del y
     diff = (outs["official"] - outs["faceparse"]).abs().max().item()
     scale = outs["official"].abs().max().item()
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"official": med["official"], "faceparse": med["faceparse"], "diff": diff, "scale": scale, "times": times}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    return {"wall": med, "cpu": med_cpu, "diff": diff, "scale": scale, "times": times}
 
 
 def warm_up(ref, ours, size: int) -> None:
@@ -149,25 +152,29 @@ def run_timing(args, classes, commit: str) -> None:
             for batch, n in zip(args.batches, rounds):
                 load = os.getloadavg()[0]
                 r = time_pair(ref, ours, batch, args.size, n)
-                ratio = r["official"] / r["faceparse"]
-                rows.append((official, batch, n, r["official"], r["faceparse"], ratio, r["diff"], r["scale"], load))
-                print(f"{official:14s} b{batch} rounds {n}: official {r['official']:.3f}s faceparse "
-                      f"{r['faceparse']:.3f}s  x{ratio:.2f}  max|diff| {r['diff']:.2e}  load {load:.2f}  "
+                wall, cpu = r["wall"], r["cpu"]
+                ratio, cpu_ratio = wall["official"] / wall["faceparse"], cpu["official"] / cpu["faceparse"]
+                rows.append((official, batch, n, wall["official"], wall["faceparse"], ratio, cpu["official"],
+                             cpu["faceparse"], cpu_ratio, r["diff"], r["scale"], load))  # fmt: skip
+                print(f"{official:14s} b{batch} rounds {n}: wall official {wall['official']:.3f}s faceparse "
+                      f"{wall['faceparse']:.3f}s x{ratio:.2f}; cpu official {cpu['official']:.3f}s faceparse "
+                      f"{cpu['faceparse']:.3f}s x{cpu_ratio:.2f}  max|diff| {r['diff']:.2e}  load {load:.2f}  "
                       f"all {[[round(t, 3) for t in v] for v in r['times'].values()]}", flush=True)  # fmt: skip
             del ref, ours
     load_after = os.getloadavg()
     header = [
-        "| official --model | batch | rounds | official s/batch | faceparse s/batch | speed-up | max abs logit diff | "
-        "1-min load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| official --model | batch | rounds | official wall s | faceparse wall s | wall speed-up | official CPU s "
+        "| faceparse CPU s | CPU-time speed-up | max abs logit diff | 1-min load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     table = [
-        f"| {o} | {b} | {n} | {t1:.3f} | {t2:.3f} | **{ratio:.2f}x** | {d:.1e} (max abs logit {sc:.2f}) | {ld:.1f} |"
-        for o, b, n, t1, t2, ratio, d, sc, ld in rows
+        f"| {o} | {b} | {n} | {t1:.2f} | {t2:.2f} | **{ratio:.2f}x** | {c1:.2f} | {c2:.2f} | **{cr:.2f}x** | "
+        f"{d:.1e} (max abs logit {sc:.2f}) | {ld:.1f} |"
+        for o, b, n, t1, t2, ratio, c1, c2, cr, d, sc, ld in rows
     ]
     command = (
         f"`nice -n 10 python benchmarks/segface_official_parity.py OFFICIAL_REPO --time --size {args.size} "
-        f"--models {' '.join(args.models)} --batches {' '.join(map(str, args.batches))} "
+        f"--threads {args.threads} --models {' '.join(args.models)} --batches {' '.join(map(str, args.batches))} "
         f"--rounds {' '.join(map(str, args.rounds))}`"
     )
     run_info = (
@@ -199,7 +206,8 @@ def run_timing(args, classes, commit: str) -> None:
         "",
         "Per model: one untimed batch-1 call of each (warm-up); per row: `rounds` interleaved rounds "
         "(official, faceparse, official, ...) on one random input, median seconds per batch, and the max "
-        "|logit difference| of the first round's outputs.",
+        "|logit difference| of the first round's outputs. CPU s: the process's CPU time (both torch threads) "
+        "per batch, less sensitive than wall time to other jobs taking the cores.",
         "",
         run_info,
         "",
@@ -223,11 +231,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write a Markdown table here")
     ap.add_argument("--append", action="store_true", help="append rows to --out instead of rewriting it")
     ap.add_argument("--official-commit", default=None, help="commit of the official copy (if not a git work tree)")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--time", action="store_true", help="time both models (interleaved) instead of parity only")
     ap.add_argument("--batches", type=int, nargs="*", default=[1, 8], help="--time: batch sizes")
     ap.add_argument("--rounds", type=int, nargs="*", default=[3, 2], help="--time: rounds per batch size")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     classes = import_official(args.repo)
     try:
