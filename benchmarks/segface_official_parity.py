@@ -110,16 +110,19 @@ def _official_logits(ref: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y.unsqueeze(0) if y.dim() == 3 else y  # official .squeeze() drops the batch of 1
 
 
-def time_pair(ref, ours, batch: int, size: int, rounds: int) -> dict:
+def time_pair(ref, ours, batch: int, size: int, rounds: int, backbone: bool = False) -> dict:
     """Interleaved timing (official, faceparse, official, ...), medians in seconds per batch. The max
     |logit difference| is taken on the first round's outputs (same input for both)."""
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
-    times: dict[str, list[float]] = {"official": [], "faceparse": []}
-    cpu: dict[str, list[float]] = {"official": [], "faceparse": []}
+    fns = [("official", lambda: _official_logits(ref, x)), ("faceparse", lambda: ours(x))]
+    if backbone:  # faceparse's backbone alone (the torchvision code both models run)
+        fns.append(("backbone", lambda: ours.features(x)[-1]))
+    times: dict[str, list[float]] = {name: [] for name, _ in fns}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in fns}
     outs: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
         for _ in range(rounds):
-            for name, fn in (("official", lambda: _official_logits(ref, x)), ("faceparse", lambda: ours(x))):
+            for name, fn in fns:
                 t0, c0 = time.perf_counter(), time.process_time()
                 y = fn()
                 times[name].append(time.perf_counter() - t0)
@@ -151,30 +154,33 @@ def run_timing(args, classes, commit: str) -> None:
             warm_up(ref, ours, args.size)
             for batch, n in zip(args.batches, rounds):
                 load = os.getloadavg()[0]
-                r = time_pair(ref, ours, batch, args.size, n)
+                r = time_pair(ref, ours, batch, args.size, n, args.backbone)
                 wall, cpu = r["wall"], r["cpu"]
                 ratio, cpu_ratio = wall["official"] / wall["faceparse"], cpu["official"] / cpu["faceparse"]
+                bb = cpu.get("backbone", float("nan"))
                 rows.append((official, batch, n, wall["official"], wall["faceparse"], ratio, cpu["official"],
-                             cpu["faceparse"], cpu_ratio, r["diff"], r["scale"], load))  # fmt: skip
+                             cpu["faceparse"], cpu_ratio, r["diff"], r["scale"], load, bb))  # fmt: skip
                 print(f"{official:14s} b{batch} rounds {n}: wall official {wall['official']:.3f}s faceparse "
                       f"{wall['faceparse']:.3f}s x{ratio:.2f}; cpu official {cpu['official']:.3f}s faceparse "
-                      f"{cpu['faceparse']:.3f}s x{cpu_ratio:.2f}  max|diff| {r['diff']:.2e}  load {load:.2f}  "
+                      f"{cpu['faceparse']:.3f}s x{cpu_ratio:.2f} backbone {bb:.3f}s  max|diff| {r['diff']:.2e}  load {load:.2f}  "
                       f"all {[[round(t, 3) for t in v] for v in r['times'].values()]}", flush=True)  # fmt: skip
             del ref, ours
     load_after = os.getloadavg()
     header = [
         "| official --model | batch | rounds | official wall s | faceparse wall s | wall speed-up | official CPU s "
-        "| faceparse CPU s | CPU-time speed-up | max abs logit diff | 1-min load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| faceparse CPU s | CPU-time speed-up | max abs logit diff | 1-min load |"
+        + (" backbone CPU s (share of faceparse) | ceiling official / backbone |" if args.backbone else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.backbone else ""),
     ]
     table = [
         f"| {o} | {b} | {n} | {t1:.2f} | {t2:.2f} | **{ratio:.2f}x** | {c1:.2f} | {c2:.2f} | **{cr:.2f}x** | "
         f"{d:.1e} (max abs logit {sc:.2f}) | {ld:.1f} |"
-        for o, b, n, t1, t2, ratio, c1, c2, cr, d, sc, ld in rows
+        + (f" {bb:.2f} ({bb / c2:.0%}) | {c1 / bb:.2f}x |" if args.backbone else "")
+        for o, b, n, t1, t2, ratio, c1, c2, cr, d, sc, ld, bb in rows
     ]
     command = (
         f"`nice -n 10 python benchmarks/segface_official_parity.py OFFICIAL_REPO --time --size {args.size} "
-        f"--threads {args.threads} --models {' '.join(args.models)} --batches {' '.join(map(str, args.batches))} "
+        f"--threads {args.threads}{' --backbone' if args.backbone else ''} --models {' '.join(args.models)} --batches {' '.join(map(str, args.batches))} "
         f"--rounds {' '.join(map(str, args.rounds))}`"
     )
     run_info = (
@@ -233,6 +239,9 @@ def main() -> None:
     ap.add_argument("--official-commit", default=None, help="commit of the official copy (if not a git work tree)")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--time", action="store_true", help="time both models (interleaved) instead of parity only")
+    ap.add_argument(
+        "--backbone", action="store_true", help="--time: also time faceparse's backbone alone (CPU-time share)"
+    )
     ap.add_argument("--batches", type=int, nargs="*", default=[1, 8], help="--time: batch sizes")
     ap.add_argument("--rounds", type=int, nargs="*", default=[3, 2], help="--time: rounds per batch size")
     args = ap.parse_args()

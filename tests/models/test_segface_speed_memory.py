@@ -146,3 +146,14 @@ def test_unsupported_model_raises():
     model = faceparse.build_model("consensus_net", **tiny_kwargs("consensus_net"))
     with pytest.raises(FaceParseError, match="does not support activation checkpointing"):
         model.set_grad_checkpointing(True)
+
+
+def test_per_image_inference_equals_batched_autograd_forward():
+    """Eager inference decodes one image at a time; with autograd on the batch runs at once."""
+    model = _tiny().eval()
+    x = torch.randn(3, 3, 64, 64)
+    batched = model(x)  # grad enabled: the batched path
+    with torch.inference_mode():
+        per_image = model(x)
+    torch.testing.assert_close(per_image, batched.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(per_image[1:2], model(x[1:2]).detach(), rtol=1e-5, atol=1e-6)
