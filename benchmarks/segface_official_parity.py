@@ -212,7 +212,7 @@ def run_timing(args, classes, commit: str) -> None:
         "",
         "Per model: one untimed batch-1 call of each (warm-up); per row: `rounds` interleaved rounds "
         "(official, faceparse, official, ...) on one random input, median seconds per batch, and the max "
-        "|logit difference| of the first round's outputs. CPU s: the process's CPU time (both torch threads) "
+        "|logit difference| of the first round's outputs. CPU s: the process's CPU time (all torch threads) "
         "per batch, less sensitive than wall time to other jobs taking the cores.",
         "",
         run_info,
