@@ -6,6 +6,7 @@ import functools
 import importlib
 import inspect
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,17 +163,27 @@ class FaceParsingModel(PretrainedModule):
 
         Trades compute (about one extra forward pass) for training memory; it changes neither the
         outputs nor the gradients and has no effect in eval mode or under ``torch.no_grad``. Models
-        that support it return True from ``_supports_grad_checkpointing`` and run their heavy blocks
-        through ``_maybe_checkpoint``; the others raise :class:`FaceParseError`.
+        that support it either run their heavy blocks through ``_maybe_checkpoint`` (and return True
+        from ``_supports_grad_checkpointing``) or, when built from library modules (smp,
+        torchvision), name them in ``_checkpoint_roots``; the others raise :class:`FaceParseError`.
         """
         if enable and not self._supports_grad_checkpointing():
             raise FaceParseError(
                 f"{type(self).__name__} does not support activation checkpointing (set_grad_checkpointing)"
             )
         self.grad_checkpointing = bool(enable)
+        roots, blocks = self._checkpoint_roots()
+        if enable and (roots or blocks):
+            wrap_checkpoint_segments(self, *roots, blocks=blocks)
+
+    def _checkpoint_roots(self) -> tuple[Sequence[nn.Module], Sequence[nn.Module]]:
+        """``(roots, blocks)``: library modules whose blocks (:func:`checkpoint_segments` of each root)
+        and the given ``blocks`` get a checkpointed forward (:func:`wrap_checkpoint_segments`)."""
+        return (), ()
 
     def _supports_grad_checkpointing(self) -> bool:
-        return False
+        roots, blocks = self._checkpoint_roots()
+        return bool(roots or blocks)
 
     @torch.jit.unused
     def _maybe_checkpoint(self, fn: Any, *args: Any) -> Any:
@@ -201,6 +212,53 @@ class FaceParsingModel(PretrainedModule):
             faceparse_format=fmt,
         )
         return config
+
+
+# ---------------------------------------------------------------------------- checkpointed blocks
+# Hand-written: smp and torchvision modules have no activation checkpointing of their own.
+def checkpoint_segments(*roots: nn.Module) -> list[nn.Module]:
+    """The blocks to checkpoint under ``roots`` (e.g. an smp encoder and decoder): each composite
+    child; a Sequential / ModuleList of composite blocks (ResNet's ``layer1``, MiT's ``block1``,
+    U-Net's ``blocks``) gives its blocks instead, so that only each block's input is kept."""
+
+    def composite(m: nn.Module) -> bool:
+        return next(m.children(), None) is not None
+
+    out = []
+    for root in roots:
+        for child in root.children():
+            if isinstance(child, (nn.Sequential, nn.ModuleList)):
+                items = [m for m in child if composite(m)]
+                if items:
+                    out += items
+                    continue
+                if isinstance(child, nn.ModuleList):  # not callable itself
+                    continue
+            if composite(child):
+                out.append(child)
+    return out
+
+
+def wrap_checkpoint_segments(owner: FaceParsingModel, *roots: nn.Module, blocks: Sequence[nn.Module] = ()) -> None:
+    """Give the blocks of :func:`checkpoint_segments` under ``roots``, and ``blocks``, a forward
+    through ``owner._maybe_checkpoint`` (once; inert while ``owner``'s checkpointing is off)."""
+    if getattr(owner, "_segments_wrapped", False):
+        return
+    for block in [*checkpoint_segments(*roots), *blocks]:
+        block.forward = _CheckpointedForward(owner, block)
+    owner._segments_wrapped = True
+
+
+class _CheckpointedForward:
+    """``module``'s own forward run through ``owner._maybe_checkpoint`` (an instance attribute, so
+    ``copy.deepcopy`` and pickling keep it pointing at the copied modules)."""
+
+    def __init__(self, owner: FaceParsingModel, module: nn.Module) -> None:
+        self.owner, self.module = owner, module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        fn = type(self.module).forward.__get__(self.module)
+        return self.owner._maybe_checkpoint(functools.partial(fn, **kwargs) if kwargs else fn, *args)
 
 
 # ---------------------------------------------------------------------------- atomic folder writes

@@ -219,18 +219,10 @@ class BiSeNet(FaceParsingModel):
                 allow_missing=("*.num_batches_tracked",),
             )
 
-    def _supports_grad_checkpointing(self) -> bool:
-        return True
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Activation checkpointing of each ResNet-18 basic block, the fusion module and the three
-        heads (see the base class; wrapped as in :class:`~faceparse.models.smp_zoo.SMPModel`)."""
-        super().set_grad_checkpointing(enable)
-        if enable:
-            from faceparse.models.smp_zoo import wrap_checkpoint_segments
-
-            heads = (self.ffm, self.conv_out, self.conv_out16, self.conv_out32)
-            wrap_checkpoint_segments(self, self.cp.resnet, blocks=heads)
+    def _checkpoint_roots(self) -> tuple[tuple[nn.Module, ...], tuple[nn.Module, ...]]:
+        """Activation checkpointing (``set_grad_checkpointing``) of each ResNet-18 basic block, the
+        fusion module and the three heads."""
+        return (self.cp.resnet,), (self.ffm, self.conv_out, self.conv_out16, self.conv_out32)
 
     def _heads(self, x: Tensor, aux: bool) -> dict[str, Tensor]:
         size = x.shape[-2:]

@@ -127,17 +127,10 @@ class SegformerHF(FaceParsingModel):
         self.dropout = nn.Dropout(classifier_dropout_prob)
         self.classifier = nn.Conv2d(decoder_hidden_size, self.label_set.num_classes, kernel_size=1)
 
-    def _supports_grad_checkpointing(self) -> bool:
-        return True
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Activation checkpointing of each MiT block, patch embedding and decode-head MLP (see the
-        base class; the blocks are smp's, wrapped as in :class:`~faceparse.models.smp_zoo.SMPModel`)."""
-        super().set_grad_checkpointing(enable)
-        if enable:
-            from faceparse.models.smp_zoo import wrap_checkpoint_segments
-
-            wrap_checkpoint_segments(self, self.encoder, self.decoder)
+    def _checkpoint_roots(self) -> tuple[tuple[nn.Module, ...], tuple[nn.Module, ...]]:
+        """Activation checkpointing (``set_grad_checkpointing``) of each MiT block, patch embedding and
+        decode-head MLP (smp's modules)."""
+        return (self.encoder, self.decoder), ()
 
     def forward_quarter(self, x: Tensor) -> Tensor:
         """Logits at the stage-1 grid (``ceil(H/4) x ceil(W/4)``), what transformers returns."""

@@ -7,9 +7,6 @@ path of a local state-dict file for the encoder.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 
@@ -91,74 +88,17 @@ class SMPModel(FaceParsingModel):
                 allow_unexpected=_IMAGENET_HEAD_KEYS,
             )
 
-    def _supports_grad_checkpointing(self) -> bool:
-        return True
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Activation checkpointing of smp's encoder stages and decoder blocks (see the base class).
-
-        smp has no checkpointing of its own, so the blocks of the encoder and of the decoder
-        (ResNet's basic blocks, U-Net's decoder blocks, DeepLabV3+'s ASPP...; see
-        :func:`wrap_checkpoint_segments`) get a forward that runs through :meth:`_maybe_checkpoint`;
-        single layers (the stem's conv / BN) run as they are.
-        """
-        super().set_grad_checkpointing(enable)
-        if enable:
-            wrap_checkpoint_segments(self, self.net.encoder, self.net.decoder)
+    def _checkpoint_roots(self) -> tuple[tuple[torch.nn.Module, ...], tuple[torch.nn.Module, ...]]:
+        """Activation checkpointing (``set_grad_checkpointing``) of smp's encoder stages and decoder
+        blocks (ResNet's basic blocks, U-Net's decoder blocks, DeepLabV3+'s ASPP...); single layers
+        (the stem's conv / BN) run as they are."""
+        return (self.net.encoder, self.net.decoder), ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.net(x)
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits
-
-
-def _checkpoint_segments(*roots: torch.nn.Module) -> list[torch.nn.Module]:
-    """The blocks to checkpoint under ``roots`` (an smp encoder and decoder): each composite child;
-    a Sequential / ModuleList of composite blocks (ResNet's ``layer1``, MiT's ``block1``, U-Net's
-    ``blocks``) gives its blocks instead, so that only each block's input is kept."""
-
-    def composite(m: torch.nn.Module) -> bool:
-        return next(m.children(), None) is not None
-
-    out = []
-    for root in roots:
-        for child in root.children():
-            if isinstance(child, (torch.nn.Sequential, torch.nn.ModuleList)):
-                items = [m for m in child if composite(m)]
-                if items:
-                    out += items
-                    continue
-                if isinstance(child, torch.nn.ModuleList):  # not callable itself
-                    continue
-            if composite(child):
-                out.append(child)
-    return out
-
-
-def wrap_checkpoint_segments(
-    owner: FaceParsingModel, *roots: torch.nn.Module, blocks: Sequence[torch.nn.Module] = ()
-) -> None:
-    """Give the blocks of :func:`_checkpoint_segments` under ``roots``, and ``blocks``, a forward
-    through ``owner._maybe_checkpoint`` (once; inert while ``owner``'s checkpointing is off). For
-    models built from smp's or torchvision's modules, which have no checkpointing of their own."""
-    if getattr(owner, "_segments_wrapped", False):
-        return
-    for block in [*_checkpoint_segments(*roots), *blocks]:
-        block.forward = _CheckpointedForward(owner, block)
-    owner._segments_wrapped = True
-
-
-class _CheckpointedForward:
-    """``module``'s own forward run through ``owner._maybe_checkpoint`` (an instance attribute, so
-    ``copy.deepcopy`` and pickling keep it pointing at the copied modules)."""
-
-    def __init__(self, owner: FaceParsingModel, module: torch.nn.Module) -> None:
-        self.owner, self.module = owner, module
-
-    def __call__(self, *args, **kwargs):
-        fn = type(self.module).forward.__get__(self.module)
-        return self.owner._maybe_checkpoint(functools.partial(fn, **kwargs) if kwargs else fn, *args)
 
 
 # --------------------------------------------------------------------------- registry
