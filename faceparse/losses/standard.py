@@ -83,16 +83,34 @@ def dice_loss(
     x = as_float32(logits)
     b, k = x.shape[:2]
     prob = x.softmax(1).reshape(b, k, -1)
-    t = target.reshape(b, -1)
-    valid = t != ignore_index
-    vf = valid.to(prob.dtype)
-    tc = torch.where(valid, t, torch.zeros_like(t))  # ignored pixels: any class, weighted 0 below
-    prob_sum = torch.einsum("bkn,bn->k", prob, vf)
-    true_prob = prob.gather(1, tc.unsqueeze(1)).reshape(-1) * vf.reshape(-1)
-    inter = torch.zeros(k, dtype=prob.dtype, device=prob.device).index_add(0, tc.reshape(-1), true_prob)
-    target_sum = torch.zeros(k, dtype=prob.dtype, device=prob.device).index_add(0, tc.reshape(-1), vf.reshape(-1))
+    tc, vf = _valid_targets(target, b, ignore_index, prob.dtype)
+    inter, target_sum, prob_sum = _dice_sums(prob, tc, vf, prob.gather(1, tc) * vf)
     score = (inter + smooth) / (0.5 * (prob_sum + target_sum) + smooth).clamp_min(eps)
     return ((1.0 - score) * (target_sum > 0).to(score.dtype)).mean()
+
+
+def _valid_targets(
+    target: torch.Tensor, b: int, ignore_index: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tc, vf)``, both ``B x 1 x N``: the class of each pixel (0 where ignored, weighted 0) and
+    the mask of valid pixels in ``dtype``."""
+    t = target.reshape(b, 1, -1)
+    valid = t != ignore_index
+    return torch.where(valid, t, torch.zeros_like(t)), valid.to(dtype)
+
+
+def _dice_sums(
+    prob: torch.Tensor, tc: torch.Tensor, vf: torch.Tensor, p_true: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per class ``(I_k, G_k, P_k)`` of :func:`dice_loss` over the valid pixels, from the softmax
+    ``prob`` (``B x K x N``), :func:`_valid_targets` and ``p_true`` (each valid pixel's true-class
+    probability, ``B x 1 x N``, 0 where ignored)."""
+    b, k = prob.shape[:2]
+    flat = tc.reshape(-1)
+    zeros = torch.zeros(k, dtype=prob.dtype, device=prob.device)
+    inter = zeros.index_add(0, flat, p_true.reshape(-1))
+    target_sum = zeros.index_add(0, flat, vf.reshape(-1))
+    return inter, target_sum, torch.einsum("bkn,bn->k", prob, vf.reshape(b, -1))
 
 
 @LOSSES.register("dice")
@@ -125,10 +143,7 @@ class _CEDice(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, target, weight, ignore_index, smooth, eps):
         b, k = x.shape[:2]
-        t = target.reshape(b, 1, -1)
-        valid = t != ignore_index
-        tc = torch.where(valid, t, torch.zeros_like(t))
-        vf = valid.to(x.dtype)
+        tc, vf = _valid_targets(target, b, ignore_index, x.dtype)
         p = torch.log_softmax(x, 1).reshape(b, k, -1)
         logp_t = p.gather(1, tc)  # B x 1 x N
         cw = vf if weight is None else weight.to(x.dtype)[tc] * vf  # per-pixel CE weight, 0 if ignored
@@ -136,11 +151,7 @@ class _CEDice(torch.autograd.Function):
         den = torch.where(den > 0, den, torch.ones_like(den))
         ce = -(logp_t * cw).sum() / den
         p = p.exp_()  # the softmax, in the log-softmax's buffer
-        p_t = logp_t.exp_() * vf
-        flat = tc.reshape(-1)
-        inter = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(0, flat, p_t.reshape(-1))
-        gsum = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(0, flat, vf.reshape(-1))
-        psum = torch.einsum("bkn,bn->k", p, vf.reshape(b, -1))
+        inter, gsum, psum = _dice_sums(p, tc, vf, logp_t.exp_() * vf)
         raw = 0.5 * (psum + gsum) + smooth
         d = raw.clamp_min(eps)
         present = (gsum > 0).to(x.dtype)
