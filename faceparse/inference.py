@@ -995,14 +995,6 @@ def _as_is(item: Any) -> Any:  # DataLoader collate_fn: keep numpy arrays (the d
 WORKER_TIMEOUT_S = 600.0
 
 
-def _folder_worker_init(worker_id: int) -> None:
-    from faceparse.runtime import worker_init
-
-    # One torch thread. Not cv2.setNumThreads(1): in a child forked after the parent ran OpenCV's
-    # thread pool (paste-back's cv2.remap) it waited forever (seen with unet at 512, OpenCV 5.1).
-    worker_init(worker_id)
-
-
 def _decoded(items: Sequence[tuple[str, str]], detector: Any, num_workers: int, batch_size: int) -> Iterable[tuple]:
     """The items of :class:`_ImageFiles` in order: read here (``num_workers=0``) or by a torch
     DataLoader's worker processes, ``batch_size`` images ahead in all."""
@@ -1011,6 +1003,8 @@ def _decoded(items: Sequence[tuple[str, str]], detector: Any, num_workers: int, 
         return (data[i] for i in range(len(data)))
     import multiprocessing
 
+    from faceparse.runtime import worker_init
+
     num_workers = min(int(num_workers), len(items))
     context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None  # fork: no re-import, ~ms
     return torch.utils.data.DataLoader(
@@ -1018,7 +1012,9 @@ def _decoded(items: Sequence[tuple[str, str]], detector: Any, num_workers: int, 
         batch_size=None,  # one image per item: the batch of the next forward fills as workers finish
         num_workers=num_workers,
         collate_fn=_as_is,
-        worker_init_fn=_folder_worker_init,
+        # one torch thread per worker; not cv2.setNumThreads(1): in a child forked after the parent ran
+        # OpenCV's thread pool (paste-back's cv2.remap) it waited forever (unet at 512, OpenCV 5.1)
+        worker_init_fn=worker_init,
         prefetch_factor=max(2, -(-batch_size // num_workers)),
         multiprocessing_context=context,
         timeout=WORKER_TIMEOUT_S,  # a stuck worker becomes an error instead of a silent hang
