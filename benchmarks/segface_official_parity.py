@@ -196,17 +196,14 @@ def run_timing(args, classes, commit: str) -> None:
             head.rstrip("\n") + "\n\n" + run_info + "\n\n" + "\n".join([*header, *table]) + "\n" + sep + notes
         )
         return
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from faceparse.profiling import machine_description
+
     lines = [
         "# SegFace: faceparse vs the official code, inference speed at identical logits",
         "",
-        f"Date: {datetime.date.today().isoformat()}. Machine: {os.cpu_count()}-core shared CPU ({cpu}), no GPU, "
-        f"{torch.get_num_threads()} torch threads; other jobs ran beside it, so only the interleaved ratios "
-        f"count. torch {torch.__version__}, fp32, `torch.inference_mode()`, input {args.size} x {args.size}.",
+        f"Date: {datetime.date.today().isoformat()}. Machine: shared CPU, {machine_description()}; other jobs "
+        f"ran beside it, so only the interleaved ratios count. fp32, `torch.inference_mode()`, input "
+        f"{args.size} x {args.size}.",
         f"Official code: github.com/Kartik-3004/SegFace @ {commit or 'unknown'} (local copy, not committed), "
         "random weights (seed 0), converted with `faceparse convert segface`.",
         "",
