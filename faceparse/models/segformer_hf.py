@@ -57,6 +57,7 @@ from faceparse.errors import FaceParseError, MissingWeightsError
 from faceparse.images import IMAGENET_MEAN, IMAGENET_STD
 from faceparse.labels import LabelSet, generic_label_set, get_label_set
 from faceparse.models.base import FaceParsingModel, resolve_label_set
+from faceparse.models.weights import layout_mismatch
 from faceparse.registry import ModelCfg, register_model
 
 PAPER = "SegFormer (NeurIPS 2021), transformers SegformerForSemanticSegmentation"
@@ -389,20 +390,15 @@ def convert_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _check_fits(model: SegformerHF, mapped: Mapping[str, Tensor]) -> None:
-    own = model.state_dict()
+    """Raise when converted tensors ``mapped`` do not have exactly ``model``'s keys and shapes."""
     unmapped = sorted(k.removeprefix("unmapped:") for k in mapped if k.startswith("unmapped:"))
-    missing = sorted(set(own) - set(mapped))
-    bad = sorted(k for k in own if k in mapped and tuple(own[k].shape) != tuple(mapped[k].shape))
-    if unmapped or missing or bad:
-        parts = []
-        if unmapped:
-            parts.append(f"{len(unmapped)} tensor(s) of no known SegFormer layer, e.g. {unmapped[:3]}")
-        if missing:
-            parts.append(f"{len(missing)} missing, e.g. {missing[:3]}")
-        if bad:
-            parts.append(
-                f"{len(bad)} of another shape, e.g. '{bad[0]}' {tuple(mapped[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}"
-            )
+    known = {k: v for k, v in mapped.items() if not k.startswith("unmapped:")}
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    parts = [f"{len(unmapped)} tensor(s) of no known SegFormer layer, e.g. {unmapped[:3]}"] if unmapped else []
+    mismatch = layout_mismatch(known, own, optional_suffixes=())
+    if mismatch:
+        parts.append(mismatch)
+    if parts:
         raise FaceParseError("; ".join(parts))
 
 
